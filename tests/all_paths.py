@@ -1,0 +1,32 @@
+"""The single list of every path the contract tests run over.
+
+Adding a path = one `PathCase` here. `make` builds the path with default hyper-parameters; `make_other` builds
+the same class with different hyper-parameter *values* (the no-retracing test compiles once for both).
+`t0_mean_atol` is extra tolerance on the t = 0 law where a schedule only approaches its source (VP's alpha(0)).
+`t1_atol` is how far z_1 may sit from the data (VP's sigma(1) ~ 1e-3, VE's sigma_min).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from fm_jax import paths as P
+
+
+@dataclasses.dataclass(frozen=True)
+class PathCase:
+    name: str
+    make: Callable[[], P.AbstractPath]
+    make_other: Callable[[], P.AbstractPath]
+    t0_mean_atol: float = 0.0
+    t1_atol: float = 1e-5
+
+
+ALL_PATHS: list[PathCase] = [
+    PathCase("cond_ot", lambda: P.AffinePath(P.CondOT()), lambda: P.AffinePath(P.CondOT(0.1)), t1_atol=1e-5),
+    PathCase("vp", lambda: P.AffinePath(P.VP()), lambda: P.AffinePath(P.VP(0.2, 15.0)), 0.02, 5e-3),
+    PathCase("ve", lambda: P.AffinePath(P.VE(0.01, 5.0)), lambda: P.AffinePath(P.VE(0.02, 3.0)), 1.0, 0.1),
+    PathCase("cosine", lambda: P.AffinePath(P.Cosine()), lambda: P.AffinePath(P.Cosine())),
+    PathCase("poly2", lambda: P.AffinePath(P.Polynomial(2.0)), lambda: P.AffinePath(P.Polynomial(3.0))),
+]
