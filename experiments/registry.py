@@ -1,0 +1,64 @@
+"""The one place where names become objects (paths, datasets, solvers, time samplers).
+
+The library takes objects; configs name things with strings; this module maps one to the other. A new path
+registers itself with one entry in `PATHS` (a zero-argument factory, so every call builds a fresh object).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import diffrax
+
+from fm_jax import paths as P
+from fm_jax.data import toy
+
+# Path name -> factory. TOY_TABLE_PATHS lists what the main job (`make run`) trains.
+PATHS: dict[str, Callable[[], P.AbstractPath]] = {
+    "cond_ot": lambda: P.AffinePath(P.CondOT()),
+    "vp": lambda: P.AffinePath(P.VP()),
+    "ve": lambda: P.AffinePath(P.VE(sigma_min=0.01, sigma_max=8.0)),
+    "cosine": lambda: P.AffinePath(P.Cosine()),
+    "poly2": lambda: P.AffinePath(P.Polynomial(2.0)),
+}
+
+TOY_TABLE_PATHS: list[str] = ["cond_ot", "vp", "ve", "cosine", "poly2"]
+
+DATASETS: dict[str, Callable] = {
+    "moons": toy.half_moons,
+    "8gaussians": toy.eight_gaussians,
+    "checkerboard": toy.checkerboard,
+    "spirals": toy.two_spirals,
+    "circles": toy.circles,
+    "grid": toy.gaussian_grid,
+}
+
+SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
+    "euler": diffrax.Euler,
+    "heun": diffrax.Heun,
+    "midpoint": diffrax.Midpoint,
+    "tsit5": diffrax.Tsit5,
+    "dopri5": diffrax.Dopri5,
+}
+
+
+def _lookup(table: dict, kind: str, name: str):
+    try:
+        return table[name]
+    except KeyError:
+        raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(sorted(table))}") from None
+
+
+def get_path(name: str) -> P.AbstractPath:
+    """Build the registered path `name` (ValueError naming the known paths otherwise)."""
+    return _lookup(PATHS, "path", name)()
+
+
+def get_dataset(name: str) -> Callable:
+    """The toy generator `name(key, n) -> (n, 2)`."""
+    return _lookup(DATASETS, "dataset", name)
+
+
+def get_solver(name: str) -> diffrax.AbstractSolver:
+    """A Diffrax solver by name."""
+    return _lookup(SOLVERS, "solver", name)()

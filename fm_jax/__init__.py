@@ -1,0 +1,23 @@
+"""fm_jax: physics-inspired flow matching in JAX.
+
+Time runs from the source (t = 0) to the data (t = 1). Paths live in `fm_jax.paths`; the trainer, sampler,
+losses, metrics and models are shared by all of them.
+"""
+
+from . import data as data
+from . import losses as losses
+from . import metrics as metrics
+from . import models as models
+from . import paths as paths
+from . import sampling as sampling
+from . import training as training
+from .losses import flow_matching_loss as flow_matching_loss
+from .paths.base import PathSample as PathSample
+from .sampling import log_likelihood as log_likelihood
+from .sampling import sample as sample
+from .training import TrainState as TrainState
+from .training import init_train_state as init_train_state
+from .training import make_optimizer as make_optimizer
+from .training import make_train_step as make_train_step
+
+__version__ = "0.1.0"
