@@ -6,9 +6,9 @@ host sync; under `jax.jit` the caller is responsible for values, and shapes (alw
 
 from __future__ import annotations
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def is_concrete(x) -> bool:

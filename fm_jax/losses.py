@@ -7,7 +7,7 @@ is batched. The regression target is held fixed (`stop_gradient`): gradients rea
 from __future__ import annotations
 
 import abc
-from typing import Callable
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -50,7 +50,8 @@ class LogitNormalTime(AbstractTimeSampler):
 
 def _squared_error(prediction: PyTree[Array], target: PyTree[Array]) -> Array:
     """Per-example sum of squared errors over all leaves: (B,)."""
-    sq = jax.tree_util.tree_map(lambda p, q: jnp.sum(((p - q) ** 2).reshape(p.shape[0], -1), axis=-1), prediction, target)
+    per_leaf = lambda p, q: jnp.sum(((p - q) ** 2).reshape(p.shape[0], -1), axis=-1)
+    sq = jax.tree_util.tree_map(per_leaf, prediction, target)
     return sum(jax.tree_util.tree_leaves(sq))
 
 

@@ -6,8 +6,8 @@ well-kept reference implementation). The others are pure JAX and jit-able.
 
 from __future__ import annotations
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import logsumexp
 
 from ._typing import Array

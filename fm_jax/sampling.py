@@ -12,14 +12,15 @@ the source at t = 0 (instantaneous change of variables, Chen et al. 2018):
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._typing import Array, Key, Params, PyTree, State
+from ._typing import Array, Key, Params, State
 from .paths.base import AbstractPath
 
 # Model evaluations per attempted step, and whether the solver reuses its last stage (FSAL: one extra
@@ -194,6 +195,8 @@ def log_likelihood(
         return path.vector_field(u, z, t), -div
 
     init = (x, jnp.zeros(x.shape[0], x.dtype))
-    (z0, delta), nfe, _, _ = integrate(rhs, init, solver=solver, num_steps=num_steps, rtol=rtol, atol=atol, t0=1.0, t1=0.0)
+    (z0, delta), nfe, _, _ = integrate(
+        rhs, init, solver=solver, num_steps=num_steps, rtol=rtol, atol=atol, t0=1.0, t1=0.0
+    )
     # Integrating backwards: delta = ∫_1^0 (−div) dt = ∫_0^1 div dt, so log p1 = log p0(z0) − delta.
     return jax.vmap(path.source_log_prob)(z0) - delta, nfe

@@ -8,7 +8,8 @@ and EMA untouched and counts itself in `metrics["skipped"]`: training never writ
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -62,9 +63,9 @@ def make_optimizer(
     `final_lr_fraction * learning_rate` at `total_steps`; without it, it warms up and stays constant.
     """
     if total_steps is not None:
-        lr = optax.warmup_cosine_decay_schedule(
-            0.0, learning_rate, max(warmup_steps, 0), max(total_steps, warmup_steps + 1), learning_rate * final_lr_fraction
-        )
+        decay_steps = max(total_steps, warmup_steps + 1)
+        end = learning_rate * final_lr_fraction
+        lr = optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(warmup_steps, 0), decay_steps, end)
     elif warmup_steps > 0:
         lr = optax.linear_schedule(0.0, learning_rate, warmup_steps)
     else:

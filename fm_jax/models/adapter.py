@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +15,8 @@ def as_apply(model: nnx.Module) -> tuple[Callable[[Params, PyTree[Array], Array]
     """Split an NNX model into a pure `apply(params, z, t)` and its parameter pytree.
 
     `params` holds the `nnx.Param` state as a plain nested dict of arrays (what the optimiser updates and Orbax
-    stores); any other state (e.g. RNG counters) is frozen into `apply`. `apply` accepts a scalar `t` and broadcasts it over the batch.
+    stores); any other state (e.g. RNG counters) is frozen into `apply`. `apply` accepts a scalar `t` and
+    broadcasts it over the batch.
 
     Returns:
         apply: `apply(params, z, t) -> prediction`, z batched (B, ...) or a pytree of such arrays, t () or (B,).

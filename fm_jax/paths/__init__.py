@@ -1,16 +1,16 @@
 """Probability paths: the protocol and one module per family."""
 
-from .base import AbstractFirstOrderPath as AbstractFirstOrderPath
-from .base import AbstractInterpolantPath as AbstractInterpolantPath
-from .base import AbstractPath as AbstractPath
-from .base import PathSample as PathSample
-from .base import interpolant_velocity as interpolant_velocity
+from .affine import VE as VE
+from .affine import VP as VP
 from .affine import AbstractSchedule as AbstractSchedule
 from .affine import AffinePath as AffinePath
 from .affine import CondOT as CondOT
 from .affine import Cosine as Cosine
 from .affine import Polynomial as Polynomial
-from .affine import VE as VE
-from .affine import VP as VP
 from .affine import gaussian_marginal_velocity as gaussian_marginal_velocity
 from .affine import schedule_transform as schedule_transform
+from .base import AbstractFirstOrderPath as AbstractFirstOrderPath
+from .base import AbstractInterpolantPath as AbstractInterpolantPath
+from .base import AbstractPath as AbstractPath
+from .base import PathSample as PathSample
+from .base import interpolant_velocity as interpolant_velocity

@@ -9,7 +9,7 @@ A path is a frozen `equinox.Module`:
 | method | meaning |
 |---|---|
 | `sample_source(key, shape) -> z0` | a draw of the source law at t = 0 for data of shape `shape` |
-| `sample_conditional(key, x1, t) -> PathSample` | a draw of the conditional path at t given `x1`, and the regression target |
+| `sample_conditional(key, x1, t) -> PathSample` | a conditional draw at t given `x1`, and the target |
 | `vector_field(prediction, z, t) -> dz/dt` | how a model prediction drives the state (identity for first-order paths) |
 | `readout(z) -> x` | the data-space position of a state (identity for first-order paths) |
 
