@@ -14,3 +14,9 @@ from .base import AbstractInterpolantPath as AbstractInterpolantPath
 from .base import AbstractPath as AbstractPath
 from .base import PathSample as PathSample
 from .base import interpolant_velocity as interpolant_velocity
+from .hamiltonian import ApplyForce as ApplyForce
+from .hamiltonian import CoupledZeroForceHGFPath as CoupledZeroForceHGFPath
+from .hamiltonian import ForceFieldHGFPath as ForceFieldHGFPath
+from .hamiltonian import OscillationHGFPath as OscillationHGFPath
+from .hamiltonian import ReflectingBoxHGFPath as ReflectingBoxHGFPath
+from .hamiltonian import ZeroForceHGFPath as ZeroForceHGFPath
