@@ -20,9 +20,11 @@ PATHS: dict[str, Callable[[], P.AbstractPath]] = {
     "ve": lambda: P.AffinePath(P.VE(sigma_min=0.01, sigma_max=8.0)),
     "cosine": lambda: P.AffinePath(P.Cosine()),
     "poly2": lambda: P.AffinePath(P.Polynomial(2.0)),
+    "form": lambda: P.ForcePath(),
+    "fm12": lambda: P.NewtonianSecondOrderPath(),
 }
 
-TOY_TABLE_PATHS: list[str] = ["cond_ot", "vp", "ve", "cosine", "poly2"]
+TOY_TABLE_PATHS: list[str] = ["cond_ot", "vp", "ve", "cosine", "poly2", "form", "fm12"]
 
 DATASETS: dict[str, Callable] = {
     "moons": toy.half_moons,

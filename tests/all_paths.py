@@ -29,4 +29,6 @@ ALL_PATHS: list[PathCase] = [
     PathCase("ve", lambda: P.AffinePath(P.VE(0.01, 5.0)), lambda: P.AffinePath(P.VE(0.02, 3.0)), 1.0, 0.1),
     PathCase("cosine", lambda: P.AffinePath(P.Cosine()), lambda: P.AffinePath(P.Cosine())),
     PathCase("poly2", lambda: P.AffinePath(P.Polynomial(2.0)), lambda: P.AffinePath(P.Polynomial(3.0))),
+    PathCase("form", lambda: P.ForcePath(), lambda: P.ForcePath(c=9.0, m=2.0, sigma_x=0.5, sigma_p=0.7)),
+    PathCase("fm12", lambda: P.NewtonianSecondOrderPath(), lambda: P.NewtonianSecondOrderPath(0.5, 0.7)),
 ]

@@ -20,3 +20,6 @@ from .hamiltonian import ForceFieldHGFPath as ForceFieldHGFPath
 from .hamiltonian import OscillationHGFPath as OscillationHGFPath
 from .hamiltonian import ReflectingBoxHGFPath as ReflectingBoxHGFPath
 from .hamiltonian import ZeroForceHGFPath as ZeroForceHGFPath
+from .relativistic import ForcePath as ForcePath
+from .relativistic import NewtonianSecondOrderPath as NewtonianSecondOrderPath
+from .relativistic import PhaseState as PhaseState
