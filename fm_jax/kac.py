@@ -35,18 +35,23 @@ Numerics (why the code looks the way it does):
 
 from __future__ import annotations
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._checks import is_concrete
 from ._typing import Array, ArrayLike, Key
 
 # q(w) = P(w / 10) / Q(w / 10): weighted minimax fit of (h(z) - 1/2)^2 - z^2 (see module docstring).
-_Q_NUM = (2.25, 2.6057357529770986, 1.8843550178425057, 0.73943582019523268, 0.12525300337239439,
-          1.7836503776433095e-03)
-_Q_DEN = (1.0, 2.2692059649967784, 1.9701092206211095, 0.8115920882910196, 0.1577931650311652,
-          0.00235588285507348)
+_Q_NUM = (
+    2.25,
+    2.6057357529770986,
+    1.8843550178425057,
+    0.73943582019523268,
+    0.12525300337239439,
+    1.7836503776433095e-03,
+)
+_Q_DEN = (1.0, 2.2692059649967784, 1.9701092206211095, 0.8115920882910196, 0.1577931650311652, 0.00235588285507348)
 _W_SCALE = 10.0
 _W_CLAMP = 1e8  # q is within 5e-3 of its limit 3/4 beyond z = 1e4, where its effect on h is < 1e-11 relative
 _W_SERIES = 1e-2  # below this w (z < 0.1) the Bessel functions are replaced by their Taylor series
