@@ -66,8 +66,13 @@ def _check_sigma_v(sigma_v) -> None:
 
 
 def _sin_over_alpha(alpha, tau):
-    # sin(alpha tau) / alpha = tau sinc(alpha tau / pi): exact and smooth at alpha = 0 (the zero-force limit).
-    return tau * jnp.sinc(alpha * tau / math.pi)
+    # sin(alpha tau) / alpha = tau sin(z)/z with z = alpha tau, smooth at alpha = 0 (the zero-force limit). The
+    # series branch (error z^6/5040) avoids 0/0 and keeps every derivative finite for tiny z (jnp.sinc does not).
+    z = alpha * tau
+    small = jnp.abs(z) < 1e-2
+    z_safe = jnp.where(small, 1.0, z)
+    ratio = jnp.where(small, 1.0 - z**2 / 6.0 + z**4 / 120.0, jnp.sin(z_safe) / z_safe)
+    return tau * ratio
 
 
 def oscillation_state(x0: Array, v0: Array, tau: Scalar, alpha: Scalar) -> tuple[Array, Array]:
