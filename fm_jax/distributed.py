@@ -1,0 +1,398 @@
+"""Data-parallel and multi-host training on JAX's own runtime: `jax.jit` over a `Mesh` (default) or `jax.pmap`.
+
+The default is GSPMD: one `jax.jit`-compiled `train_step` whose batch is sharded over the mesh's `data` axis and
+whose parameters and optimiser state are replicated (or, for large tensors, split over an optional `model` axis).
+XLA inserts the gradient all-reduce. The `jax.pmap` variant runs the same step per device and averages loss,
+metrics and gradients with `lax.pmean`.
+
+Same global batch and key → same parameters on any device count. `jax.jit` with shardings computes the
+single-device program, so any loss qualifies. Under `pmap` each device sees only its slice of the batch, so a
+loss that draws one batch-shaped random array (`fm_jax.flow_matching_loss`) would draw different numbers on 1 and
+on 8 devices. `example_keyed_flow_matching_loss` keys every example by its *global* index in the batch,
+key_i = fold_in(key, index_i), which makes its randomness independent of how the batch is split; with equal
+per-device batch sizes the pmean of per-device mean gradients is the global mean gradient.
+
+Multi-host: `initialize_from_env()` starts `jax.distributed` from environment variables; every process loads only
+the rows `process_batch_rows(global_batch, mesh)` of each global batch, and `shard_batch` assembles the global
+array with `jax.make_array_from_process_local_data`.
+
+Mixed precision: `mixed_precision(apply)` computes in bfloat16 while parameters, optimiser state and gradients
+stay float32.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ._typing import Array, Key, Params, PyTree
+from .losses import AbstractTimeSampler, UniformTime, _squared_error
+from .paths.base import AbstractPath
+from .training import LossFn, TrainState, apply_gradients, train_step
+
+DATA_AXIS = "data"
+MODEL_AXIS = "model"
+
+__all__ = [
+    "DATA_AXIS",
+    "MODEL_AXIS",
+    "IndexedBatch",
+    "example_keyed_flow_matching_loss",
+    "index_batch",
+    "initialize_from_env",
+    "make_mesh",
+    "make_pmap_train_step",
+    "make_sharded_train_step",
+    "mixed_precision",
+    "process_batch_rows",
+    "replicate",
+    "replicate_for_pmap",
+    "shard_batch",
+    "shard_state",
+    "split_for_pmap",
+    "state_sharding",
+    "unreplicate",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Multi-host start-up
+# ----------------------------------------------------------------------------------------------------------------
+
+# Environment variables set by cluster launchers that `jax.distributed.initialize()` detects on its own.
+_AUTO_DETECTED = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+
+
+def initialize_from_env(environ: dict[str, str] | None = None, **kwargs) -> tuple[int, int]:
+    """Start `jax.distributed` from environment variables; a no-op for a single process. Call before any JAX op.
+
+    Read, first match wins:
+      1. `JAX_COORDINATOR_ADDRESS` (host:port of process 0), `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`
+         (and optionally `JAX_LOCAL_DEVICE_IDS`, read by JAX itself);
+      2. the PyTorch-launcher names `MASTER_ADDR`, `MASTER_PORT`, `WORLD_SIZE`, `RANK` (torchrun, many GPU
+         schedulers);
+      3. a cluster JAX detects itself (Cloud TPU pod slices, SLURM, Open MPI): `jax.distributed.initialize()`
+         with no arguments.
+    With none of these (or a world size of 1) nothing is started.
+
+    Args:
+        environ: the environment to read (default `os.environ`). kwargs: passed on to `jax.distributed.initialize`
+            (e.g. `initialization_timeout`).
+    Returns:
+        (process_index, process_count) after start-up.
+    """
+    env = os.environ if environ is None else environ
+    if jax.distributed.is_initialized():
+        return jax.process_index(), jax.process_count()
+    address = num = pid = None
+    if env.get("JAX_COORDINATOR_ADDRESS") and env.get("JAX_NUM_PROCESSES"):
+        address, num, pid = env["JAX_COORDINATOR_ADDRESS"], env["JAX_NUM_PROCESSES"], env.get("JAX_PROCESS_ID")
+        names = "JAX_NUM_PROCESSES / JAX_PROCESS_ID"
+    elif env.get("MASTER_ADDR") and env.get("WORLD_SIZE"):
+        address = f"{env['MASTER_ADDR']}:{env.get('MASTER_PORT', '1234')}"
+        num, pid = env["WORLD_SIZE"], env.get("RANK")
+        names = "WORLD_SIZE / RANK"
+    if address is not None:
+        try:
+            num_processes, process_id = int(num), int(pid) if pid is not None else None
+        except ValueError as err:
+            raise ValueError(f"{names} must be integers, got {num!r} / {pid!r}") from err
+        if process_id is None:
+            raise ValueError(f"{names}: the process id is missing (set JAX_PROCESS_ID or RANK)")
+        if not 0 <= process_id < num_processes:
+            raise ValueError(f"process id {process_id} is outside [0, {num_processes}) ({names})")
+        if num_processes > 1:
+            jax.distributed.initialize(address, num_processes, process_id, **kwargs)
+    elif any(name in env for name in _AUTO_DETECTED):
+        jax.distributed.initialize(**kwargs)
+    return jax.process_index(), jax.process_count()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Meshes and placement
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def make_mesh(data: int | None = None, model: int = 1, *, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 2-D device mesh with axes ("data", "model"); `data` defaults to all devices // `model`.
+
+    The axes are `AxisType.Auto` (GSPMD propagates shardings through the step; `jax.make_mesh` would default to
+    Explicit axes). Devices are ordered process by process, so each process owns a contiguous block of `data`.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if model < 1 or len(devices) % model:
+        raise ValueError(f"model={model} must be a positive divisor of the device count {len(devices)}")
+    if data is None:
+        data = len(devices) // model
+    if data < 1 or data * model > len(devices):
+        raise ValueError(f"a ({data}, {model}) mesh needs {data * model} devices; {len(devices)} available")
+    return jax.make_mesh((data, model), (DATA_AXIS, MODEL_AXIS), axis_types=(AxisType.Auto,) * 2,
+                         devices=devices[: data * model])
+
+
+def _param_spec(shape: tuple[int, ...], model_size: int, min_shard_size: int) -> P:
+    """Split the last axis divisible by the `model` axis size, for tensors of at least `min_shard_size` values."""
+    if model_size > 1 and len(shape) >= 2 and int(np.prod(shape)) >= min_shard_size:
+        for axis in reversed(range(len(shape))):
+            if shape[axis] % model_size == 0:
+                spec = [None] * len(shape)
+                spec[axis] = MODEL_AXIS
+                return P(*spec)
+    return P()
+
+
+def state_sharding(tree: PyTree, mesh: Mesh, *, min_shard_size: int = 2**18) -> PyTree[NamedSharding]:
+    """`NamedSharding`s for a parameter-like pytree (params, optimiser state, a whole `TrainState`).
+
+    Replicated over `data`. With a `model` axis of size > 1, every tensor of rank ≥ 2 holding at least
+    `min_shard_size` values is split along its last axis divisible by the `model` size; the rule depends only on
+    shapes, so Adam's moments get the sharding of their parameters. Leaves may be arrays or ShapeDtypeStructs.
+    """
+    model_size = mesh.shape[MODEL_AXIS] if MODEL_AXIS in mesh.shape else 1
+    return jax.tree_util.tree_map(
+        lambda x: NamedSharding(mesh, _param_spec(tuple(np.shape(x)), model_size, min_shard_size)), tree
+    )
+
+
+def _put_global(x, sharding: NamedSharding) -> Array:
+    """Place a value that every process holds in full under a (possibly multi-process) sharding."""
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+        return x
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    host = np.asarray(jax.device_get(x))
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def replicate(tree: PyTree, mesh: Mesh) -> PyTree[Array]:
+    """Every leaf replicated on every device of `mesh` (each process must pass the same values)."""
+    sharding = NamedSharding(mesh, P())
+    return jax.tree_util.tree_map(lambda x: _put_global(x, sharding), tree)
+
+
+def shard_state(state: PyTree, mesh: Mesh, *, min_shard_size: int = 2**18) -> PyTree[Array]:
+    """Place a `TrainState` (or any parameter-like pytree) with `state_sharding` (replicated unless a `model` axis)."""
+    shardings = state_sharding(state, mesh, min_shard_size=min_shard_size)
+    return jax.tree_util.tree_map(_put_global, state, shardings)
+
+
+def _batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    return NamedSharding(mesh, P(DATA_AXIS, *([None] * (ndim - 1))))
+
+
+def process_batch_rows(global_batch_size: int, mesh: Mesh) -> slice:
+    """The rows of a global batch that this process loads (its devices' shards along `data`), as a slice.
+
+    One process: `slice(0, global_batch_size)`. Raises ValueError if the batch does not split evenly.
+    """
+    size = mesh.shape[DATA_AXIS]
+    if global_batch_size % size:
+        raise ValueError(f"global batch size {global_batch_size} is not divisible by the data axis size {size}")
+    index_map = _batch_sharding(mesh, 1).addressable_devices_indices_map((global_batch_size,))
+    rows = sorted({(ix[0].start or 0, global_batch_size if ix[0].stop is None else ix[0].stop)
+                   for ix in index_map.values()})
+    for (_, stop), (start, _) in zip(rows[:-1], rows[1:]):
+        if stop != start:
+            raise ValueError(f"this process's rows {rows} are not contiguous; order the mesh's devices by process")
+    return slice(rows[0][0], rows[-1][1])
+
+
+def shard_batch(local_batch: PyTree[Array], mesh: Mesh) -> PyTree[Array]:
+    """A global batch sharded over `data` (axis 0) from this process's rows (`process_batch_rows`).
+
+    With one process `local_batch` is the whole batch. Uses `jax.make_array_from_process_local_data`, so on
+    several hosts each process passes only its own rows and gets the global array (rows ordered by process).
+    """
+
+    def put(x):
+        x = np.asarray(x) if not isinstance(x, jax.Array) else x
+        shape = (x.shape[0] * jax.process_count(), *x.shape[1:])
+        return jax.make_array_from_process_local_data(_batch_sharding(mesh, x.ndim), x, shape)
+
+    return jax.tree_util.tree_map(put, local_batch)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Randomness that does not depend on how the batch is split
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class IndexedBatch(eqx.Module):
+    """A batch and each example's index in the global batch: data (B, *d) (or a pytree of such), index (B,) int32."""
+
+    data: PyTree[Array]
+    index: Array
+
+
+def index_batch(data: PyTree[Array], start: int = 0) -> IndexedBatch:
+    """`IndexedBatch(data, arange(start, start + B))`; pass `start = process_batch_rows(...).start` on a host."""
+    n = jax.tree_util.tree_leaves(data)[0].shape[0]
+    return IndexedBatch(data, np.arange(start, start + n, dtype=np.int32))
+
+
+def example_keyed_flow_matching_loss(
+    params: Params,
+    key: Key,
+    batch: IndexedBatch,
+    path: AbstractPath,
+    *,
+    apply: Callable,
+    time_sampler: AbstractTimeSampler = UniformTime(),
+    weighting: Callable[[Array], Array] | None = None,
+) -> tuple[Array, dict[str, Array]]:
+    """Flow-matching loss E_t E_{z_t, target | x1} [ w(t) ||model(z_t, t) − target||² ] with per-example keys.
+
+    The same objective as `fm_jax.flow_matching_loss`, but example i draws its time and conditional sample from
+    key_i = fold_in(key, batch.index[i]) (t_i = time_sampler.sample(key_t_i, 1)), so a device holding rows
+    [a, b) of the global batch draws exactly the numbers it would draw on one device. The time sampler sees one
+    draw at a time (stratification across the batch does not apply).
+
+    Args:
+        params: model parameters. key: PRNG key of the step. batch: `IndexedBatch` with data x1 (B, *d).
+        path: any `AbstractPath`. apply: batched `apply(params, z, t)`. time_sampler, weighting: as in
+            `flow_matching_loss`.
+    Returns:
+        (loss, {"loss": loss}), loss the mean over this batch (a device's slice under pmap).
+    """
+    x1 = batch.data
+
+    def draw(index, x):
+        k_t, k_path = jax.random.split(jax.random.fold_in(key, index))
+        t = time_sampler.sample(k_t, 1)[0].astype(x.dtype)
+        return t, path.sample_conditional(k_path, x, t)
+
+    t, sample = jax.vmap(draw)(batch.index, x1)
+    target = jax.lax.stop_gradient(sample.target)
+    prediction = apply(params, sample.z_t, t)
+    err = _squared_error(prediction, target)
+    if weighting is not None:
+        err = weighting(t) * err
+    loss = jnp.mean(err)
+    return loss, {"loss": loss}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Train steps
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def make_sharded_train_step(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+    *,
+    ema_decay: float = 0.999,
+    min_shard_size: int = 2**18,
+):
+    """`fm_jax.training.train_step` jitted over `mesh`: batch sharded over `data`, state by `state_sharding`.
+
+    Returns `step(state, batch, path) -> (state, metrics)` with the state donated. Place the inputs first:
+    `state = shard_state(state, mesh)`, `batch = shard_batch(local_batch, mesh)`, `path = replicate(path, mesh)`.
+    The output state keeps the layout of `state_sharding` (pinned with sharding constraints), metrics are
+    replicated scalars. On emulated CPU devices read a metric at least every ~20 steps (see the docs).
+    """
+
+    def step(state: TrainState, batch, path):
+        batch = jax.tree_util.tree_map(
+            lambda x: jax.lax.with_sharding_constraint(x, _batch_sharding(mesh, x.ndim)), batch
+        )
+        new_state, metrics = train_step(state, batch, path, loss_fn=loss_fn, optimizer=optimizer,
+                                        ema_decay=ema_decay)
+        new_state = jax.lax.with_sharding_constraint(
+            new_state, state_sharding(new_state, mesh, min_shard_size=min_shard_size)
+        )
+        return new_state, metrics
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def make_pmap_train_step(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    ema_decay: float = 0.999,
+    axis_name: str = DATA_AXIS,
+    devices: Sequence[jax.Device] | None = None,
+):
+    """The same step with `jax.pmap`: loss, metrics and gradients averaged over devices with `lax.pmean`.
+
+    Returns `step(state, batch, path) -> (state, metrics)` with `state` replicated (`replicate_for_pmap`), `batch`
+    split (`split_for_pmap`: leaves (n_devices, B / n_devices, ...)) and `path` broadcast; the state is donated.
+    Every device gets the same step key fold_in(key, step), so pair it with a loss whose randomness is keyed by
+    global example (`example_keyed_flow_matching_loss`) to match the single-device step.
+    """
+
+    def step(state: TrainState, batch, path):
+        key = jax.random.fold_in(state.key, state.step)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, key, batch, path)
+        loss, metrics, grads = jax.lax.pmean((loss, metrics, grads), axis_name)
+        new_state, skipped = apply_gradients(state, loss, grads, optimizer, ema_decay)
+        return new_state, {**metrics, "grad_norm": optax.global_norm(grads), "skipped": skipped}
+
+    return jax.pmap(step, axis_name=axis_name, in_axes=(0, 0, None), donate_argnums=0, devices=devices)
+
+
+def replicate_for_pmap(
+    tree: PyTree, devices: Sequence[jax.Device] | None = None, *, axis_name: str = DATA_AXIS
+) -> PyTree[Array]:
+    """Stack `tree` once per local device (leading axis n_devices), copy k on device k (pmap's input layout)."""
+    devices = list(jax.local_devices() if devices is None else devices)
+    sharding = NamedSharding(Mesh(np.array(devices), (axis_name,)), P(axis_name))
+    return jax.tree_util.tree_map(
+        lambda x: jax.device_put(jnp.broadcast_to(jnp.asarray(x), (len(devices), *np.shape(x))), sharding), tree
+    )
+
+
+def split_for_pmap(batch: PyTree[Array], num_devices: int | None = None) -> PyTree[Array]:
+    """Reshape each leaf (B, ...) to (n, B / n, ...): device k gets rows [k B/n, (k+1) B/n)."""
+    n = jax.local_device_count() if num_devices is None else num_devices
+
+    def split(x):
+        if x.shape[0] % n:
+            raise ValueError(f"batch size {x.shape[0]} is not divisible by the device count {n}")
+        return jnp.reshape(x, (n, x.shape[0] // n, *x.shape[1:]))
+
+    return jax.tree_util.tree_map(split, batch)
+
+
+def unreplicate(tree: PyTree[Array]) -> PyTree[Array]:
+    """The first device's copy of a pmap-replicated pytree."""
+    return jax.tree_util.tree_map(lambda x: x[0], tree)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Mixed precision
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _cast_floating(tree: PyTree, dtype) -> PyTree:
+    return jax.tree_util.tree_map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x, tree
+    )
+
+
+def mixed_precision(apply: Callable, compute_dtype=jnp.bfloat16, output_dtype=jnp.float32) -> Callable:
+    """Wrap `apply(params, z, t)` to compute in `compute_dtype` with float32 (master) parameters.
+
+    Floating parameters, state and time are cast to `compute_dtype` inside the call and the prediction is cast back
+    to `output_dtype`, so the loss, the gradients (the transpose of a cast is a cast) and the optimiser update
+    stay in float32. bfloat16 has float32's exponent range: no loss scaling is needed.
+    """
+
+    @functools.wraps(apply)
+    def wrapped(params: Params, z: PyTree[Array], t: Array) -> Any:
+        out = apply(_cast_floating(params, compute_dtype), _cast_floating(z, compute_dtype),
+                    jnp.asarray(t).astype(compute_dtype))
+        return _cast_floating(out, output_dtype)
+
+    return wrapped
