@@ -6,10 +6,11 @@ registers itself with one entry in `PATHS` (a zero-argument factory, so every ca
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import diffrax
 
+from fm_jax import losses
 from fm_jax import paths as P
 from fm_jax.data import toy
 
@@ -22,9 +23,10 @@ PATHS: dict[str, Callable[[], P.AbstractPath]] = {
     "poly2": lambda: P.AffinePath(P.Polynomial(2.0)),
     "form": lambda: P.ForcePath(),
     "fm12": lambda: P.NewtonianSecondOrderPath(),
+    "kac": lambda: P.KacPath(),
 }
 
-TOY_TABLE_PATHS: list[str] = ["cond_ot", "vp", "ve", "cosine", "poly2", "form", "fm12"]
+TOY_TABLE_PATHS: list[str] = ["cond_ot", "vp", "ve", "cosine", "poly2", "form", "fm12", "kac"]
 
 DATASETS: dict[str, Callable] = {
     "moons": toy.half_moons,
@@ -41,6 +43,13 @@ SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
     "midpoint": diffrax.Midpoint,
     "tsit5": diffrax.Tsit5,
     "dopri5": diffrax.Dopri5,
+}
+
+
+TIME_SAMPLERS: dict[str, Callable] = {
+    "uniform": losses.UniformTime,
+    "stratified": lambda: losses.UniformTime(stratified=True),
+    "logit_normal": losses.LogitNormalTime,
 }
 
 
@@ -64,3 +73,8 @@ def get_dataset(name: str) -> Callable:
 def get_solver(name: str) -> diffrax.AbstractSolver:
     """A Diffrax solver by name."""
     return _lookup(SOLVERS, "solver", name)()
+
+
+def get_time_sampler(name: str) -> losses.AbstractTimeSampler:
+    """A time sampler for the loss by name."""
+    return _lookup(TIME_SAMPLERS, "time sampler", name)()

@@ -14,6 +14,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ._typing import Array, Key, Params, PyTree
@@ -127,13 +128,35 @@ def train_step(
     return new_state, {**metrics, "grad_norm": optax.global_norm(grads), "skipped": skipped}
 
 
-def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, ema_decay: float = 0.999):
-    """`jax.jit` of `train_step` with the state buffer donated: `step(state, batch, path) -> (state, metrics)`."""
+def check_host_batch(batch: PyTree[Array]) -> None:
+    """Raise ValueError if a host (NumPy) batch holds NaN/Inf; device arrays are left alone (no host sync)."""
+    for i, leaf in enumerate(jax.tree_util.tree_leaves(batch)):
+        if isinstance(leaf, np.ndarray) and np.issubdtype(leaf.dtype, np.inexact) and not np.isfinite(leaf).all():
+            bad = int(leaf.size - np.count_nonzero(np.isfinite(leaf)))
+            raise ValueError(f"batch leaf {i} (shape {leaf.shape}) contains {bad} non-finite value(s) (NaN or Inf)")
+
+
+def make_train_step(
+    loss_fn: LossFn, optimizer: optax.GradientTransformation, *, ema_decay: float = 0.999, check_inputs: bool = True
+):
+    """`jax.jit` of `train_step` with the state buffer donated: `step(state, batch, path) -> (state, metrics)`.
+
+    With `check_inputs`, host (NumPy) batches are checked for NaN/Inf before dispatch (a clear error instead of
+    a skipped step); inside the compiled step, non-finite losses or gradients skip the update either way.
+    """
 
     def step(state, batch, path):
         return train_step(state, batch, path, loss_fn=loss_fn, optimizer=optimizer, ema_decay=ema_decay)
 
-    return jax.jit(step, donate_argnums=0)
+    jitted = jax.jit(step, donate_argnums=0)
+    if not check_inputs:
+        return jitted
+
+    def checked(state, batch, path):
+        check_host_batch(batch)
+        return jitted(state, batch, path)
+
+    return checked
 
 
 def make_scan_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, ema_decay: float = 0.999):

@@ -4,12 +4,14 @@ Adding a path = one `PathCase` here. `make` builds the path with default hyper-p
 the same class with different hyper-parameter *values* (the no-retracing test compiles once for both).
 `t0_mean_atol` is extra tolerance on the t = 0 law where a schedule only approaches its source (VP's alpha(0)).
 `t1_atol` is how far z_1 may sit from the data (VP's sigma(1) ~ 1e-3, VE's sigma_min).
+`pathwise_target`: the target equals d/dt of z_t drawn with a fixed key (true for interpolants and flow-map
+samplers); paths whose sampler is not their flow map set False and test the continuity equation instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 from fm_jax import paths as P
 
@@ -21,6 +23,7 @@ class PathCase:
     make_other: Callable[[], P.AbstractPath]
     t0_mean_atol: float = 0.0
     t1_atol: float = 1e-5
+    pathwise_target: bool = True
 
 
 ALL_PATHS: list[PathCase] = [
@@ -31,4 +34,5 @@ ALL_PATHS: list[PathCase] = [
     PathCase("poly2", lambda: P.AffinePath(P.Polynomial(2.0)), lambda: P.AffinePath(P.Polynomial(3.0))),
     PathCase("form", lambda: P.ForcePath(), lambda: P.ForcePath(c=9.0, m=2.0, sigma_x=0.5, sigma_p=0.7)),
     PathCase("fm12", lambda: P.NewtonianSecondOrderPath(), lambda: P.NewtonianSecondOrderPath(0.5, 0.7)),
+    PathCase("kac", lambda: P.KacPath(), lambda: P.KacPath(a=25.0, c=2.0), pathwise_target=False),
 ]
