@@ -6,6 +6,7 @@ registers itself with one entry in `PATHS` (a zero-argument factory, so every ca
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import diffrax
@@ -13,6 +14,7 @@ import diffrax
 from fm_jax import losses
 from fm_jax import paths as P
 from fm_jax.data import toy
+from fm_jax.hamiltonian import HarmonicForce
 
 # Path name -> factory. TOY_TABLE_PATHS lists what the main job (`make run`) trains.
 PATHS: dict[str, Callable[[], P.AbstractPath]] = {
@@ -24,9 +26,19 @@ PATHS: dict[str, Callable[[], P.AbstractPath]] = {
     "form": lambda: P.ForcePath(),
     "fm12": lambda: P.NewtonianSecondOrderPath(),
     "kac": lambda: P.KacPath(),
+    # Hamiltonian generative flows: in our time only sigma_v / alpha (the source scale) distinguishes alphas.
+    "hgf_osc": lambda: P.OscillationHGFPath(alpha=1.0, sigma_v=1.0),
+    "hgf": lambda: P.OscillationHGFPath(alpha=1.0, sigma_v=1.0),
+    "hgf_osc_a2": lambda: P.OscillationHGFPath(alpha=2.0, sigma_v=1.0),
+    "hgf_osc_a05": lambda: P.OscillationHGFPath(alpha=0.5, sigma_v=1.0),
+    "hgf_zero_ve": lambda: P.ZeroForceHGFPath(sigma_min=0.01, sigma_max=8.0),
+    "hgf_zero_ot": lambda: P.CoupledZeroForceHGFPath(),
+    "hgf_force_harmonic": lambda: P.ForceFieldHGFPath(HarmonicForce(1.0), tau_max=0.5 * math.pi, n_steps=16),
+    "hgf_reflect": lambda: P.ReflectingBoxHGFPath(half_width=3.0, sigma_v=1.0, tau_max=12.0),
 }
 
 TOY_TABLE_PATHS: list[str] = ["cond_ot", "vp", "ve", "cosine", "poly2", "form", "fm12", "kac"]
+TOY_TABLE_PATHS += ["hgf_osc", "hgf_osc_a2", "hgf_osc_a05", "hgf_zero_ve", "hgf_zero_ot"]
 
 DATASETS: dict[str, Callable] = {
     "moons": toy.half_moons,

@@ -28,7 +28,6 @@ grad log pi||^2 + O(T^4).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -236,14 +235,15 @@ def hamiltonian_flow(
         force: `force(x, tau) -> (*d)` for one example (ignore `tau` for an autonomous force).
         x0, v0: initial position and velocity (*d). tau: () the end time.
         n_steps: static number of steps. solver: a Diffrax solver taking the term pair `(term_x, term_v)`.
-        adjoint: Diffrax adjoint; the default `RecursiveCheckpointAdjoint` supports reverse-mode gradients,
-            `diffrax.ForwardMode()` supports `jax.jvp`.
+        adjoint: Diffrax adjoint; the default `RecursiveCheckpointAdjoint(checkpoints=n_steps)` (every step
+            stored: fastest to compile and run for the few steps used here) supports reverse-mode gradients,
+            `diffrax.DirectAdjoint()` supports `jax.jvp` and reverse mode together (the path uses it).
         trajectory: if True return the states after every step, shapes (n_steps, *d), instead of the final state.
     Returns:
         (x_tau, v_tau), each (*d) (or (n_steps, *d) with `trajectory=True`).
     """
     solver = VelocityVerlet() if solver is None else solver
-    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
+    adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=n_steps) if adjoint is None else adjoint
     tau = jnp.asarray(tau, dtype=jnp.result_type(x0))
     term_x = diffrax.ODETerm(lambda s, v, tau_: tau_ * v)
     term_v = diffrax.ODETerm(lambda s, x, tau_: tau_ * force(x, tau_ * s))

@@ -11,9 +11,11 @@ samplers); paths whose sampler is not their flow map set False and test the cont
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 from fm_jax import paths as P
+from fm_jax.hamiltonian import HarmonicForce
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,4 +37,18 @@ ALL_PATHS: list[PathCase] = [
     PathCase("form", lambda: P.ForcePath(), lambda: P.ForcePath(c=9.0, m=2.0, sigma_x=0.5, sigma_p=0.7)),
     PathCase("fm12", lambda: P.NewtonianSecondOrderPath(), lambda: P.NewtonianSecondOrderPath(0.5, 0.7)),
     PathCase("kac", lambda: P.KacPath(), lambda: P.KacPath(a=25.0, c=2.0), pathwise_target=False),
+    PathCase("hgf_osc", lambda: P.OscillationHGFPath(1.0, 1.0), lambda: P.OscillationHGFPath(2.0, 1.5)),
+    PathCase("hgf_zero_ve", lambda: P.ZeroForceHGFPath(0.01, 5.0), lambda: P.ZeroForceHGFPath(0.02, 3.0), 1.0, 0.1),
+    PathCase("hgf_zero_ot", lambda: P.CoupledZeroForceHGFPath(), lambda: P.CoupledZeroForceHGFPath(2.0)),
+    PathCase(
+        "hgf_force",
+        lambda: P.ForceFieldHGFPath(HarmonicForce(1.0), 0.5 * math.pi, 1.0, 1.0, n_steps=16),
+        lambda: P.ForceFieldHGFPath(HarmonicForce(2.0), 0.25 * math.pi, 1.0, 0.5, n_steps=16),
+        t0_mean_atol=0.02,  # Verlet's O(h^2) error at t = 0 (h = T/16) against the declared source law
+    ),
+    PathCase(
+        "hgf_reflect",
+        lambda: P.ReflectingBoxHGFPath(5.0, 1.0, 20.0),
+        lambda: P.ReflectingBoxHGFPath(6.0, 2.0, 12.0),
+    ),
 ]

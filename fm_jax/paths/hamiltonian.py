@@ -270,7 +270,7 @@ class ForceFieldHGFPath(AbstractFirstOrderPath):
     def state(self, x1: Array, v0: Array, t: Scalar) -> tuple[Array, Array]:
         """(x_tau, v_tau) after integrating from (x1, v0) to tau(t) (paper clock)."""
         return ham.hamiltonian_flow(
-            self.force, x1, v0, self.tau(t), n_steps=self.n_steps, adjoint=diffrax.ForwardMode()
+            self.force, x1, v0, self.tau(t), n_steps=self.n_steps, adjoint=diffrax.DirectAdjoint()
         )
 
     def sample_source(self, key: Key, shape: tuple[int, ...]) -> Array:
