@@ -35,6 +35,8 @@ Numerics (why the code looks the way it does):
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -220,9 +222,13 @@ def velocity(s: ArrayLike, x: ArrayLike, a: ArrayLike, c: ArrayLike) -> Array:
     """
     _check_params(s=s, a=a, c=c)
     dtype = _float_dtype(s, x, a, c)
-    s, x, a, c = (jnp.asarray(v, dtype) for v in (s, x, a, c))
+    return _velocity(*(jnp.asarray(v, dtype) for v in (s, x, a, c)))
+
+
+@jax.jit
+def _velocity(s, x, a, c):
     inside, w = _cone(s, x, a, c)
-    h = _h_fast(w) if dtype == jnp.float32 else _h_bessel(w)
+    h = _h_fast(w) if s.dtype == jnp.float32 else _h_bessel(w)
     v_in = a * x / (a * s + h)
     return jnp.where(inside, v_in, jnp.sign(x) * c)
 
@@ -261,7 +267,8 @@ def sample(key: Key, s: ArrayLike, a: ArrayLike, c: ArrayLike, shape: tuple[int,
         tau / s | N = n  ~  Beta(floor(n/2) + 1, ceil(n/2)),     K_s = B c (tau - (s - tau)) = B c s (2 tau/s - 1),
 
     and N = 0 gives the atoms K_s = B c s (probability e^{-a s}). Poisson draws (transformed rejection for large
-    means) and Beta draws (via Gamma) are exact, so the sampler is exact for every `a s` (1e3 and beyond).
+    means) and Beta draws (a ratio of two Gamma draws, Marsaglia-Tsang) are exact, so the sampler is exact for
+    every `a s` (1e3 and far beyond); its cost does not grow with `a s`.
 
     Args:
         key: PRNG key.
@@ -272,14 +279,49 @@ def sample(key: Key, s: ArrayLike, a: ArrayLike, c: ArrayLike, shape: tuple[int,
     """
     _check_params(s=s, a=a, c=c)
     dtype = _float_dtype(s, a, c)
-    s, a, c = (jnp.broadcast_to(jnp.asarray(v, dtype), shape) for v in (s, a, c))
-    k_n, k_b, k_sign = jax.random.split(key, 3)
+    return _sample(key, *(jnp.asarray(v, dtype) for v in (s, a, c)), shape=tuple(shape))
+
+
+def _gamma_at_least_one(key: Key, shape_param: Array) -> Array:
+    """Exact Gamma(alpha, 1) draws for alpha >= 1 (Marsaglia & Tsang 2000), one vectorised rejection loop.
+
+    With d = alpha - 1/3 and x ~ N(0, 1), v = (1 + x / sqrt(9 d))^3 is accepted when v > 0 and
+    log U < x^2 / 2 + d - d v + d log v; then d v ~ Gamma(alpha). Acceptance is >= 95 % for every alpha >= 1,
+    so the loop ends after a few rounds. Lighter to compile than `jax.random.beta` (two general Gamma samplers).
+    """
+    d = shape_param - 1.0 / 3.0
+    scale = jax.lax.rsqrt(9.0 * d)
+
+    def cond(state):
+        return ~jnp.all(state[2])
+
+    def body(state):
+        key, out, done = state
+        key, k_normal, k_uniform = jax.random.split(key, 3)
+        x = jax.random.normal(k_normal, d.shape, d.dtype)
+        u = jax.random.uniform(k_uniform, d.shape, d.dtype)
+        v = (1.0 + scale * x) ** 3
+        positive = v > 0
+        log_v = jnp.log(jnp.where(positive, v, 1.0))
+        accept = positive & (jnp.log(u) < 0.5 * x * x + d - d * v + d * log_v)
+        return key, jnp.where(accept & ~done, d * v, out), done | accept
+
+    init = (key, jnp.ones_like(d), jnp.zeros(d.shape, bool))
+    return jax.lax.while_loop(cond, body, init)[1]
+
+
+@functools.partial(jax.jit, static_argnames="shape")
+def _sample(key, s, a, c, shape):
+    # Compiled once per shape and dtype: eager callers would otherwise re-dispatch the Poisson and Gamma loops.
+    dtype = s.dtype
+    s, a, c = (jnp.broadcast_to(v, shape) for v in (s, a, c))
+    k_n, k_g, k_sign = jax.random.split(key, 3)
     n = jax.random.poisson(k_n, a * s, shape)
     half = n // 2
-    alpha = (half + 1).astype(dtype)
-    beta = jnp.maximum(n - half, 1).astype(dtype)
-    frac = jax.random.beta(k_b, alpha, beta, shape, dtype)
-    direction = jnp.where(n == 0, jnp.ones_like(frac), 2.0 * frac - 1.0)
+    # tau / s = G1 / (G1 + G2) ~ Beta(floor(n/2) + 1, ceil(n/2)); both shapes >= 1 (n = 0 is replaced below).
+    shapes = jnp.stack([half + 1, jnp.maximum(n - half, 1)]).astype(dtype)
+    g1, g2 = _gamma_at_least_one(k_g, shapes)
+    direction = jnp.where(n == 0, jnp.ones_like(g1), (g1 - g2) / (g1 + g2))  # = 2 tau / s - 1
     sign = jax.random.rademacher(k_sign, shape, dtype)
     return sign * c * s * direction
 
