@@ -30,7 +30,8 @@ Contents
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -139,10 +140,12 @@ def _posterior_means(data: Array, centres: Array, noise: Array, snr: Array, bloc
 
 
 class SeparationEstimate(NamedTuple):
-    """Monte-Carlo estimate of lambda(s): the mean `lam` and its standard error `stderr`, both (S,)."""
+    """Monte-Carlo estimate of lambda(s): `lam`, its standard error `stderr`, and `complement` = 1 - lam (the
+    per-dimension MMSE, estimated directly so that it keeps its relative precision where lam ~ 1), all (S,)."""
 
     lam: Array
     stderr: Array
+    complement: Array
 
 
 def data_separation(
@@ -160,8 +163,10 @@ def data_separation(
         lambda(s) = (1/d) E_{x ~ rho_s} || E_{rho_s(x1 | x)}[x1] ||^2,   x = x1 + eps / s,  x1 ~ data, eps ~ N(0, I),
 
     with the exact softmax posterior over the whole dataset (Eq. 36). The same noise draws (x1 index, eps) serve
-    every s (common random numbers), so the estimate is smooth in s; ||x1||^2 / d, whose dataset mean is known,
-    is a control variate (regression coefficient per s), which makes the error vanish as s -> infinity. Memory: one block of
+    every s (common random numbers), so the estimate is smooth in s. Two unbiased forms are computed, Eq. 23 itself
+    and 1 - MMSE with MMSE = (1/d) E||x1 - E[x1|x]||^2 (equal for normalised data), each with ||x1||^2 / d as a
+    control variate, and the one with the smaller error bar is returned per s: the error then vanishes both as
+    s -> 0 and as s -> infinity, and `complement` = 1 - lambda keeps its relative precision at large s. Memory: one block of
     len(s) x block_noise x block_data logits plus a len(s) x block_noise x d accumulator; the dataset is never
     copied or padded (a 50,000 x 3,072 dataset costs ~0.6 GB for itself, ~0.1 GB more at the defaults with 40 s).
 
@@ -194,22 +199,36 @@ def data_separation(
         centres = flat[idx]
         snr = jnp.broadcast_to(s[:, None], (s.shape[0], block_noise))
         mu = _posterior_means(flat, centres, eps, snr, block_data)
-        return jnp.sum(mu**2, axis=-1) / d, jnp.sum(centres**2, axis=-1) / d  # (S, block_noise), (block_noise,)
+        # ||E[x1|x]||^2 / d (Eq. 23 itself) and the per-sample MMSE ||x1 - E[x1|x]||^2 / d, whose mean is
+        # 1 - lambda for normalised data and which keeps its relative precision as the posterior collapses on x1.
+        sq = jnp.sum(mu**2, axis=-1) / d
+        mmse = jnp.sum((mu - centres) ** 2, axis=-1) / d
+        return sq, mmse, jnp.sum(centres**2, axis=-1) / d
 
-    values, norms = jax.lax.map(one_block, jnp.arange(num_blocks))  # (blocks, S, block_noise), (blocks, block_noise)
-    values = jnp.moveaxis(values, 1, 0).reshape(s.shape[0], -1)[:, :num_noise]
+    sq, mmse, norms = jax.lax.map(one_block, jnp.arange(num_blocks))  # (blocks, S, block_noise) x2, (blocks, bn)
+    sq = jnp.moveaxis(sq, 1, 0).reshape(s.shape[0], -1)[:, :num_noise]
+    mmse = jnp.moveaxis(mmse, 1, 0).reshape(s.shape[0], -1)[:, :num_noise]
     norms = norms.reshape(-1)[:num_noise]
-    # Control variate Z = ||x1||^2 / d, whose mean over the dataset is known exactly: at high SNR the posterior
-    # mean is x1 itself, and without it the spread of ||x1||^2 across the data would dominate the error bar.
-    # Coefficient c = Cov(Y, Z) / Var(Z) per s (regression estimator; its bias is O(1/k)).
+    # Control variate Z = ||x1||^2 / d, whose dataset mean is known exactly (regression coefficient per s; bias
+    # O(1/k)). Its spread across the data would otherwise dominate the error of the MMSE form at low SNR.
     z_mean = jnp.mean(jnp.sum(flat**2, axis=-1)) / d
     zc = norms - norms.mean()
     var_z = jnp.mean(zc**2)
-    c = jnp.where(var_z > 0, jnp.mean((values - values.mean(axis=1, keepdims=True)) * zc, axis=1) / var_z, 0.0)
-    adjusted = values - c[:, None] * (norms - z_mean)
-    lam = jnp.mean(adjusted, axis=1)
-    stderr = jnp.std(adjusted, axis=1, ddof=1) / math.sqrt(num_noise)
-    return SeparationEstimate(lam.reshape(out_shape), stderr.reshape(out_shape))
+
+    def adjust(w):
+        c = jnp.where(var_z > 0, jnp.mean((w - w.mean(axis=1, keepdims=True)) * zc, axis=1) / var_z, 0.0)
+        a = w - c[:, None] * (norms - z_mean)
+        return a.mean(axis=1), a.std(axis=1, ddof=1) / math.sqrt(num_noise)
+
+    lam_direct, se_direct = adjust(sq)
+    comp_mmse, se_mmse = adjust(mmse)
+    # Per s, the form with the smaller error bar: the direct one at low SNR (its error vanishes like s^2), the MMSE
+    # one at high SNR (its error vanishes with the MMSE).
+    use_direct = se_direct <= se_mmse
+    lam = jnp.where(use_direct, lam_direct, 1.0 - comp_mmse)
+    complement = jnp.where(use_direct, 1.0 - lam_direct, comp_mmse)
+    stderr = jnp.minimum(se_direct, se_mmse)
+    return SeparationEstimate(lam.reshape(out_shape), stderr.reshape(out_shape), complement.reshape(out_shape))
 
 
 class FittedSeparation(eqx.Module):
@@ -226,11 +245,10 @@ class FittedSeparation(eqx.Module):
     log_s: Array = eqx.field(converter=_float)
     values: Array = eqx.field(converter=_float)
     slopes: Array = eqx.field(converter=_float)
+    complements: Array = eqx.field(converter=_float)  # 1 - values, computed in float64 (kept exact near 1)
 
-    def __call__(self, s: Array) -> Array:
-        s = jnp.asarray(s, dtype=jnp.result_type(s, self.values))
-        u = jnp.log(jnp.maximum(s, jnp.finfo(s.dtype).tiny))
-        x, y, m = self.log_s, self.values, self.slopes
+    def _hermite(self, u, y, m):
+        x = self.log_s
         i = jnp.clip(jnp.searchsorted(x, u, side="right") - 1, 0, x.shape[0] - 2)
         h = x[i + 1] - x[i]
         tau = jnp.clip((u - x[i]) / h, 0.0, 1.0)
@@ -238,14 +256,34 @@ class FittedSeparation(eqx.Module):
         h10 = tau * (1 - tau) ** 2
         h01 = tau**2 * (3 - 2 * tau)
         h11 = tau**2 * (tau - 1)
-        inner = h00 * y[i] + h10 * h * m[i] + h01 * y[i + 1] + h11 * h * m[i + 1]
+        return h00 * y[i] + h10 * h * m[i] + h01 * y[i + 1] + h11 * h * m[i + 1]
+
+    def _log(self, s):
+        s = jnp.asarray(s, dtype=jnp.result_type(s, self.values))
+        return s, jnp.log(jnp.maximum(s, jnp.finfo(s.dtype).tiny))
+
+    def __call__(self, s: Array) -> Array:
+        s, u = self._log(s)
+        x, y = self.log_s, self.values
         g = gaussian_separation(s)
-        s_lo, s_hi = jnp.exp(x[0]), jnp.exp(x[-1])
-        g_lo, g_hi = gaussian_separation(s_lo), gaussian_separation(s_hi)
+        g_lo, g_hi = gaussian_separation(jnp.exp(x[0])), gaussian_separation(jnp.exp(x[-1]))
         below = y[0] * g / g_lo
         above = 1.0 - (1.0 - y[-1]) * (1.0 - g) / (1.0 - g_hi)
+        inner = self._hermite(u, y, self.slopes)
         lam = jnp.where(u < x[0], below, jnp.where(u > x[-1], above, inner))
         return jnp.clip(jnp.maximum(lam, g), 0.0, 1.0)
+
+    def complement(self, s: Array) -> Array:
+        """1 - lambda(s), computed without cancellation where lambda is close to 1 (large s)."""
+        s, u = self._log(s)
+        x, y = self.log_s, self.values
+        one_minus_g = 1.0 / (1.0 + s**2)
+        g_lo = gaussian_separation(jnp.exp(x[0]))
+        below = 1.0 - y[0] * (1.0 - one_minus_g) / g_lo
+        above = self.complements[-1] * one_minus_g * (1.0 + jnp.exp(2.0 * x[-1]))
+        inner = self._hermite(u, self.complements, -self.slopes)
+        comp = jnp.where(u < x[0], below, jnp.where(u > x[-1], above, inner))
+        return jnp.clip(jnp.minimum(comp, one_minus_g), 0.0, 1.0)
 
 
 def _isotonic(y: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -281,17 +319,24 @@ def _pchip_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return m
 
 
-def fit_data_separation(s: Array, lam_hat: Array, stderr: Array | None = None) -> FittedSeparation:
+def fit_data_separation(
+    s: Array, lam_hat: Array, stderr: Array | None = None, complement: Array | None = None
+) -> FittedSeparation:
     """Fit a monotone lambda(s) with s^2/(1+s^2) <= lambda <= 1 to Monte-Carlo values on a grid of s.
 
     The nodes are the estimates clipped to [s^2/(1+s^2), 1], projected on non-decreasing sequences (weighted by
     1/stderr^2 when given), and clipped again; between nodes a monotone cubic in log s; outside them the tails
-    described in `FittedSeparation`. Inputs must be concrete (the fit runs on the host).
+    described in `FittedSeparation`. Passing `complement` (= 1 - lam_hat, e.g. `SeparationEstimate.complement`)
+    keeps 1 - lambda accurate at large s, which gamma(theta) near pi/2 needs. Inputs must be concrete (the fit runs
+    on the host, in float64).
 
     Args:
-        s: (S,) SNR grid, S >= 2, all > 0 and distinct. lam_hat: (S,) estimates. stderr: optional (S,) errors.
+        s: (S,) SNR grid, S >= 2, all > 0 and distinct. lam_hat: (S,) estimates. stderr, complement: optional (S,).
     Returns:
         A `FittedSeparation` (callable `lam(s)`, jit-able, a pytree of arrays).
+    Example:
+        >>> est = data_separation(key, data, s, 2000)
+        >>> lam = fit_data_separation(s, *est)
     """
     s_np = np.asarray(s, dtype=np.float64).reshape(-1)
     y = np.asarray(lam_hat, dtype=np.float64).reshape(-1)
@@ -299,21 +344,26 @@ def fit_data_separation(s: Array, lam_hat: Array, stderr: Array | None = None) -
         raise ValueError(f"s has {s_np.size} values but lam_hat has {y.size}; they must match")
     if s_np.size < 2:
         raise ValueError("fit_data_separation needs at least two grid points")
-    if not (np.all(np.isfinite(s_np)) and np.all(np.isfinite(y))):
+    comp = 1.0 - y if complement is None else np.asarray(complement, dtype=np.float64).reshape(-1)
+    if comp.shape != s_np.shape:
+        raise ValueError(f"complement has {comp.size} values but s has {s_np.size}; they must match")
+    if not (np.all(np.isfinite(s_np)) and np.all(np.isfinite(y)) and np.all(np.isfinite(comp))):
         raise ValueError("s and lam_hat must be finite")
     if np.any(s_np <= 0):
         raise ValueError(f"s (signal-to-noise ratio) must be positive, got min {s_np.min()}")
     order = np.argsort(s_np)
-    s_np, y = s_np[order], y[order]
+    s_np, comp = s_np[order], comp[order]
     if np.any(np.diff(s_np) <= 0):
         raise ValueError("s must hold distinct values")
-    w = np.ones_like(y) if stderr is None else 1.0 / np.maximum(np.asarray(stderr, np.float64)[order], 1e-12) ** 2
-    g = s_np**2 / (1 + s_np**2)
-    y = np.clip(y, g, 1.0)
-    y = np.clip(np.maximum(_isotonic(y, w), g), 0.0, 1.0)
-    y = np.maximum.accumulate(y)
+    w = np.ones_like(comp) if stderr is None else 1.0 / np.maximum(np.asarray(stderr, np.float64)[order], 1e-30) ** 2
+    # Work with the complement 1 - lambda in [0, 1/(1+s^2)], non-increasing.
+    upper = 1.0 / (1.0 + s_np**2)
+    comp = np.clip(comp, 0.0, upper)
+    comp = -_isotonic(-comp, w)
+    comp = np.minimum.accumulate(np.clip(comp, 0.0, upper))
+    y = 1.0 - comp
     x = np.log(s_np)
-    return FittedSeparation(x, y, _pchip_slopes(x, y))
+    return FittedSeparation(x, y, _pchip_slopes(x, y), comp)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -322,22 +372,31 @@ def fit_data_separation(s: Array, lam_hat: Array, stderr: Array | None = None) -
 
 
 def separation_to_gamma(lam: Callable[[Array], Array], theta: Array) -> Array:
-    """gamma(theta) = 1 - (1 - lambda(tan theta)) / cos^2 theta = 1 - (1 - lambda(s)) (1 + s^2), s = tan theta (Eq. 27)."""
+    """gamma(theta) = 1 - (1 - lambda(tan theta)) / cos^2 theta = 1 - (1 - lambda(s)) (1 + s^2), s = tan theta (Eq. 27).
+
+    For a `FittedSeparation`, 1 - lambda comes from its `complement` (no cancellation near theta = pi/2).
+    """
     s = jnp.tan(theta)
-    return 1.0 - (1.0 - lam(s)) * (1.0 + s**2)
+    comp = lam.complement(s) if isinstance(lam, FittedSeparation) else 1.0 - lam(s)
+    return 1.0 - comp * (1.0 + s**2)
 
 
 class KineticOptimal(AbstractSchedule):
     """The kinetic-optimal affine schedule of Theorem 3.1 for a data separation function lambda.
 
-        alpha(t) = a_t = r_t sin theta_t,   sigma(t) = m_t = r_t cos theta_t,
-        r_t^2 = 1 - b t + b t^2 (Eq. 28),   psi(theta_t) = atan2(t sin B, 1 - t + t cos B),
-        psi(theta) = int_0^theta sqrt(gamma),  B = psi(pi/2),  b = 2 (1 - cos B) = minimal kinetic energy,
+        alpha(t) = a_t = r_t sin(theta_t) / c,   sigma(t) = m_t = r_t cos(theta_t),
+        r_t e^{i psi(theta_t)} = (1 - t) + t c e^{i B}   (the chord from (r, psi) = (1, 0) to (c, B)),
+        psi(theta) = int_0^theta sqrt(gamma),  B = psi(pi/2),  b = 1 + c^2 - 2 c cos B = minimal kinetic energy.
 
-    so theta_0 = 0, theta_1 = pi/2, alpha(0) = 0, sigma(0) = 1, alpha(1) = 1, sigma(1) = 0. psi is tabulated on a
-    uniform theta grid (arrays, so this is a pytree whose values can change without recompiling) and inverted by
-    linear interpolation; derivatives come from `jax.jvp` of that interpolant (exact for the stored path, within
-    O(grid step) of Eq. 29). Build with `ko_schedule`.
+    c = `scale` is the data's RMS scale ((1/d) E||x1||^2 = c^2; c = 1 for normalised data, the paper's setting):
+    x_t = a_t x1 + m_t x0 = (c a_t) y1 + m_t x0 with y1 = x1 / c normalised, so the polar coordinates are those of
+    (c a_t, m_t) and the end point is (r, theta) = (c, pi/2). With c = 1: r_t^2 = 1 - b t + b t^2 (Eq. 28),
+    psi_t = atan2(t sin B, 1 - t + t cos B), b = 2 (1 - cos B), and d/dt psi_t gives Eq. 29.
+    theta_0 = 0, theta_1 = pi/2, so alpha(0) = 0, sigma(0) = 1, alpha(1) = 1, sigma(1) = 0.
+
+    psi is tabulated on a uniform theta grid (arrays: a pytree whose values can change without recompiling) and
+    inverted by linear interpolation; derivatives come from `jax.jvp` of that interpolant (exact for the stored
+    path, within O(grid step) of Eq. 29). Build with `ko_schedule`.
     """
 
     theta_grid: Array = eqx.field(converter=_float)
@@ -345,6 +404,7 @@ class KineticOptimal(AbstractSchedule):
     gamma_grid: Array = eqx.field(converter=_float)
     B: Array = eqx.field(converter=_float)
     b: Array = eqx.field(converter=_float)
+    scale: Array = eqx.field(converter=_float, default=1.0)
 
     def _interp(self, x, xp, fp):
         i = jnp.clip(jnp.searchsorted(xp, x, side="right") - 1, 0, xp.shape[0] - 2)
@@ -354,13 +414,18 @@ class KineticOptimal(AbstractSchedule):
         """gamma(theta) of Eq. 27 (floored at `gamma_min`), interpolated from the table."""
         return self._interp(jnp.asarray(theta), self.theta_grid, self.gamma_grid)
 
+    def _chord(self, t):
+        return 1.0 - t + t * self.scale * jnp.cos(self.B), t * self.scale * jnp.sin(self.B)
+
     def radius(self, t: Scalar) -> Scalar:
-        """r_t = sqrt(1 - b t + b t^2) (Eq. 28)."""
-        return jnp.sqrt(1.0 - self.b * t + self.b * t**2)
+        """r_t = |(1 - t) + t c e^{iB}| (= sqrt(1 - b t + b t^2), Eq. 28, when c = 1)."""
+        x, y = self._chord(jnp.asarray(t))
+        return jnp.sqrt(x**2 + y**2)
 
     def psi(self, t: Scalar) -> Scalar:
-        """The flattened angle psi_t = atan2(t sin B, 1 - t + t cos B) (chord from (1, 0) to (1, B))."""
-        return jnp.arctan2(t * jnp.sin(self.B), 1.0 - t + t * jnp.cos(self.B))
+        """The flattened angle psi_t = arg((1 - t) + t c e^{iB})."""
+        x, y = self._chord(jnp.asarray(t))
+        return jnp.arctan2(y, x)
 
     def angle(self, t: Scalar) -> Scalar:
         """theta_t, from 0 at t = 0 to pi/2 at t = 1."""
@@ -368,14 +433,16 @@ class KineticOptimal(AbstractSchedule):
 
     def alpha(self, t):
         t = jnp.asarray(t)
-        return self.radius(t) * jnp.sin(self.angle(t))
+        return self.radius(t) * jnp.sin(self.angle(t)) / self.scale
 
     def sigma(self, t):
         t = jnp.asarray(t)
         return self.radius(t) * jnp.cos(self.angle(t))
 
 
-def ko_schedule(lam: Callable[[Array], Array], *, gamma_min: float = 1e-6, num_grid: int = 4097) -> KineticOptimal:
+def ko_schedule(
+    lam: Callable[[Array], Array], *, gamma_min: float = 1e-6, num_grid: int = 4097, data_scale: float = 1.0
+) -> KineticOptimal:
     """The kinetic-optimal schedule (Theorem 3.1) for a data separation function `lam`, from the closed form.
 
     gamma(theta) = 1 - (1 - lam(tan theta)) / cos^2 theta (Eq. 27) is tabulated in float64 on `num_grid` uniform
@@ -392,12 +459,15 @@ def ko_schedule(lam: Callable[[Array], Array], *, gamma_min: float = 1e-6, num_g
             with 1e-3 slack).
         gamma_min: floor of gamma, > 0.
         num_grid: number of tabulated angles (static; same value -> same shapes -> no recompilation).
+        data_scale: RMS scale c of unnormalised, centred data ((1/d) E||x1||^2 = c^2), with `lam` the separation
+            function of x1 / c; see `KineticOptimal`. 1 for normalised data.
     Returns:
         `KineticOptimal` schedule; `AffinePath(ko_schedule(lam))` is the KO path.
     Example:
         >>> sched = ko_schedule(lambda s: jnp.ones_like(s))   # lambda = 1: Cond-OT, b = 2
     """
     check_positive(gamma_min, "ko_schedule gamma_min")
+    check_positive(data_scale, "ko_schedule data_scale")
     if num_grid < 3:
         raise ValueError(f"num_grid must be at least 3, got {num_grid}")
     with jax.enable_x64(True):
@@ -420,8 +490,50 @@ def ko_schedule(lam: Callable[[Array], Array], *, gamma_min: float = 1e-6, num_g
     root = np.sqrt(gamma)
     psi = np.concatenate([[0.0], np.cumsum(0.5 * (root[1:] + root[:-1]) * np.diff(theta))])
     B = psi[-1]
-    b = 2.0 * (1.0 - np.cos(B))
-    return KineticOptimal(theta, psi, gamma, B, b)
+    c = float(data_scale)
+    b = 2.0 * (1.0 - np.cos(B)) if c == 1.0 else 1.0 + c * c - 2.0 * c * np.cos(B)
+    return KineticOptimal(theta, psi, gamma, B, b, c)
+
+
+class KOFit(NamedTuple):
+    """A KO schedule fitted to a dataset, with what it was fitted from."""
+
+    schedule: KineticOptimal
+    separation: FittedSeparation
+    s: Array
+    estimate: SeparationEstimate
+    data_scale: float
+
+
+def fit_ko_schedule(
+    key: Key,
+    data: Array,
+    *,
+    s: Array | None = None,
+    num_noise: int = 2000,
+    gamma_min: float = 1e-6,
+    num_grid: int = 4097,
+) -> KOFit:
+    """Estimate lambda on a log grid of SNRs, fit it and build the KO schedule for (possibly unnormalised) data.
+
+    The data are centred and divided by their RMS scale c for lambda; the schedule gets `data_scale=c`, so it is
+    kinetic-optimal for the data as given (its mean, if any, is ignored). Runs on the host.
+
+    Args:
+        key: PRNG key. data: (n, *shape). s: SNR grid (default 32 values from 1e-2 to 1e3).
+        num_noise, gamma_min, num_grid: see `data_separation` and `ko_schedule`.
+    Returns:
+        `KOFit(schedule, separation, s, estimate, data_scale)`.
+    """
+    data = jnp.asarray(data, dtype=jnp.result_type(data, float))
+    flat = data.reshape(data.shape[0], -1)
+    centred = flat - flat.mean(axis=0)
+    c = float(jnp.sqrt(jnp.mean(centred**2)))
+    s = jnp.geomspace(1e-2, 1e3, 32) if s is None else jnp.asarray(s)
+    est = data_separation(key, centred / c, s, num_noise)
+    fit = fit_data_separation(s, est.lam, est.stderr, est.complement)
+    sched = ko_schedule(fit, gamma_min=gamma_min, num_grid=num_grid, data_scale=c)
+    return KOFit(sched, fit, s, est, c)
 
 
 def minimise_kinetic_energy(
@@ -592,12 +704,14 @@ __all__ = [
     "EnergyEstimate",
     "FittedSeparation",
     "KineticEnergy",
+    "KOFit",
     "KineticOptimal",
     "SeparationEstimate",
     "check_normalised",
     "conditional_kinetic_energy",
     "data_separation",
     "fit_data_separation",
+    "fit_ko_schedule",
     "gaussian_separation",
     "kinetic_energy",
     "ko_schedule",
