@@ -51,4 +51,10 @@ ALL_PATHS: list[PathCase] = [
         lambda: P.ReflectingBoxHGFPath(5.0, 1.0, 20.0),
         lambda: P.ReflectingBoxHGFPath(6.0, 2.0, 12.0),
     ),
+    # KO path for lambda(s) = (q + s^2)/(1 + s^2), i.e. gamma = q: closed-form angle theta_t = psi_t / sqrt(q).
+    PathCase(
+        "ko",
+        lambda: P.ko_path(lambda s: (0.3 + s**2) / (1 + s**2)),
+        lambda: P.ko_path(lambda s: (0.6 + s**2) / (1 + s**2), data_scale=1.5),
+    ),
 ]

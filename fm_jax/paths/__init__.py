@@ -20,6 +20,16 @@ from .hamiltonian import ForceFieldHGFPath as ForceFieldHGFPath
 from .hamiltonian import OscillationHGFPath as OscillationHGFPath
 from .hamiltonian import ReflectingBoxHGFPath as ReflectingBoxHGFPath
 from .hamiltonian import ZeroForceHGFPath as ZeroForceHGFPath
+from .kac import AbstractKacClock as AbstractKacClock
+from .kac import AbstractKacSignal as AbstractKacSignal
+from .kac import CosineSignal as CosineSignal
+from .kac import ExponentialSignal as ExponentialSignal
+from .kac import IdentityClock as IdentityClock
+from .kac import KacPath as KacPath
+from .kac import LinearSignal as LinearSignal
+from .kac import QuadraticClock as QuadraticClock
 from .relativistic import ForcePath as ForcePath
 from .relativistic import NewtonianSecondOrderPath as NewtonianSecondOrderPath
 from .relativistic import PhaseState as PhaseState
+from .kinetic_optimal import KineticOptimal as KineticOptimal
+from .kinetic_optimal import ko_path as ko_path
