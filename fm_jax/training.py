@@ -37,10 +37,13 @@ class TrainState(eqx.Module):
 
 
 def init_train_state(key: Key, params: Params, optimizer: optax.GradientTransformation) -> TrainState:
-    """A fresh `TrainState` at step 0 with EMA parameters equal to `params`."""
+    """A fresh `TrainState` at step 0 with EMA parameters equal to `params`.
+
+    `params` are copied: the compiled steps donate the state's buffers, which must not be the caller's arrays.
+    """
     return TrainState(
         step=jnp.zeros((), jnp.int32),
-        params=params,
+        params=jax.tree_util.tree_map(jnp.copy, params),
         opt_state=optimizer.init(params),
         ema_params=jax.tree_util.tree_map(jnp.copy, params),
         key_data=jax.random.key_data(key),
@@ -125,7 +128,7 @@ def train_step(
     key = jax.random.fold_in(state.key, state.step)
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, key, batch, path)
     new_state, skipped = apply_gradients(state, loss, grads, optimizer, ema_decay)
-    return new_state, {**metrics, "grad_norm": optax.global_norm(grads), "skipped": skipped}
+    return new_state, {**metrics, "grad_norm": optax.tree.norm(grads), "skipped": skipped}
 
 
 def check_host_batch(batch: PyTree[Array]) -> None:
