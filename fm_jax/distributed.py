@@ -337,7 +337,7 @@ def make_pmap_train_step(
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, key, batch, path)
         loss, metrics, grads = jax.lax.pmean((loss, metrics, grads), axis_name)
         new_state, skipped = apply_gradients(state, loss, grads, optimizer, ema_decay)
-        return new_state, {**metrics, "grad_norm": optax.global_norm(grads), "skipped": skipped}
+        return new_state, {**metrics, "grad_norm": optax.tree.norm(grads), "skipped": skipped}
 
     return jax.pmap(step, axis_name=axis_name, in_axes=(0, 0, None), donate_argnums=0, devices=devices)
 
@@ -381,18 +381,25 @@ def _cast_floating(tree: PyTree, dtype) -> PyTree:
     )
 
 
-def mixed_precision(apply: Callable, compute_dtype=jnp.bfloat16, output_dtype=jnp.float32) -> Callable:
+def mixed_precision(
+    apply: Callable, compute_dtype=jnp.bfloat16, output_dtype=jnp.float32, *, cast_time: bool = False
+) -> Callable:
     """Wrap `apply(params, z, t)` to compute in `compute_dtype` with float32 (master) parameters.
 
-    Floating parameters, state and time are cast to `compute_dtype` inside the call and the prediction is cast back
-    to `output_dtype`, so the loss, the gradients (the transpose of a cast is a cast) and the optimiser update
-    stay in float32. bfloat16 has float32's exponent range: no loss scaling is needed.
+    Floating parameters and state are cast to `compute_dtype` inside the call and the prediction is cast back to
+    `output_dtype`, so the loss, the gradients (the transpose of a cast is a cast) and the optimiser update stay in
+    float32. bfloat16 has float32's exponent range: no loss scaling is needed.
+
+    Time is left in its own dtype unless `cast_time`: a sinusoidal embedding sin(2π f t) with f up to 64 needs
+    angles of ~400 rad, which bfloat16 (8-bit mantissa) rounds by ~1 rad; a model should compute its time
+    embedding in float32 and cast the embedding, not t.
     """
 
     @functools.wraps(apply)
     def wrapped(params: Params, z: PyTree[Array], t: Array) -> Any:
+        t = jnp.asarray(t)
         out = apply(_cast_floating(params, compute_dtype), _cast_floating(z, compute_dtype),
-                    jnp.asarray(t).astype(compute_dtype))
+                    t.astype(compute_dtype) if cast_time else t)
         return _cast_floating(out, output_dtype)
 
     return wrapped

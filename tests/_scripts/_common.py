@@ -1,4 +1,4 @@
-"""Shared set-up of the subprocess scripts: a tiny MLP flow-matching problem on half moons."""
+"""Shared set-up of the subprocess scripts: a width-32 MLP flow-matching problem on a fixed 2-D data set."""
 
 from __future__ import annotations
 
@@ -15,21 +15,26 @@ GLOBAL_BATCH = 64
 NUM_EXAMPLES = 1024
 
 
-def problem(width: int = 32, learning_rate: float = 1e-2, compute_dtype=None):
-    """(path, apply, params, optimizer, loss_fn) of a width-32 MLP on 2-D data with the example-keyed loss."""
+def problem(width: int = 32, learning_rate: float = 1e-2):
+    """(path, apply, params, optimizer, loss_fn): `fm_jax.models.MLP` of width 32, the example-keyed loss."""
     path = fj.paths.AffinePath(fj.paths.CondOT())
-    model = fj.models.MLP(2, 2, hidden=width, depth=2, time_features=16, rngs=nnx.Rngs(0))
-    apply, params = fj.models.as_apply(model)
-    if compute_dtype is not None:
-        apply = fd.mixed_precision(apply, compute_dtype)
+    make = lambda: fj.models.MLP(2, 2, hidden=width, depth=2, time_features=16, rngs=nnx.Rngs(0))
+    apply, _ = fj.models.as_apply(nnx.eval_shape(make))
+    # One compiled initialisation instead of one eager dispatch (and compilation) per initialiser.
+    params = jax.jit(lambda: fj.models.as_apply(make())[1])()
     optimizer = fj.make_optimizer(learning_rate)
     loss_fn = functools.partial(fd.example_keyed_flow_matching_loss, apply=apply)
     return path, apply, params, optimizer, loss_fn
 
 
 def dataset() -> np.ndarray:
-    """A fixed training set (NUM_EXAMPLES, 2), identical in every process."""
-    return np.asarray(fj.data.toy.half_moons(jax.random.key(123), NUM_EXAMPLES))
+    """A fixed training set (NUM_EXAMPLES, 2) (two noisy half circles), identical in every process."""
+    rng = np.random.default_rng(123)
+    angle = rng.uniform(0, np.pi, NUM_EXAMPLES)
+    upper = rng.integers(0, 2, NUM_EXAMPLES)
+    x = np.where(upper, np.cos(angle), 1 - np.cos(angle))
+    y = np.where(upper, np.sin(angle), 0.5 - np.sin(angle))
+    return (np.stack([x, y], -1) + 0.05 * rng.normal(size=(NUM_EXAMPLES, 2))).astype(np.float32)
 
 
 def batch_rows(step: int) -> np.ndarray:

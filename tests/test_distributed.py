@@ -1,0 +1,234 @@
+"""Data-parallel and multi-host training: 1 device = 8 devices (jit + sharding, pmap) = 2 processes.
+
+Runs needing several devices or processes go to subprocesses (`tests/_scripts/`), with
+XLA_FLAGS=--xla_force_host_platform_device_count set there only: emulated devices slow everything else down.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fm_jax as fj
+from fm_jax import distributed as fd
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(ROOT, "tests", "_scripts")
+sys.path.insert(0, SCRIPTS)
+
+# float32 tolerance for parameters after 12 Adam steps: reductions run in a different order on 1 and 8 devices
+# (per-step gradient differences ~1e-7 relative); parameters are O(1) and each step moves them by at most the
+# learning rate 1e-2, so 1e-5 leaves ~100x headroom over the observed ~1e-7 while a wrong gradient average or a
+# different random draw (the control below: ~1e-2) fails.
+PARAM_TOL = 1e-5
+
+
+_CACHE_DIR = ""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache(tmp_path_factory):
+    global _CACHE_DIR
+    _CACHE_DIR = str(tmp_path_factory.getbasetemp() / "jax_compilation_cache")
+
+
+def _env(devices: int | None = None, **extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") and k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    # A compilation cache shared by the subprocesses of this session: a re-launched script skips compilation
+    # (the cached executables are the same programs, so results stay bit-identical).
+    env["JAX_COMPILATION_CACHE_DIR"] = _CACHE_DIR
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    if devices is not None:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env.update(extra)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.distributed
+def test_one_device_equals_eight_devices_jit_and_pmap():
+    proc = subprocess.run([sys.executable, os.path.join(SCRIPTS, "dp_equivalence.py"), "--steps", "12"],
+                          env=_env(devices=8), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(json.dumps(out, indent=1))
+    assert out["devices"] == 8
+    assert out["param_change"] > 0.05  # training moved the parameters, so agreement is not trivial
+    for name in ("jit_params", "jit_opt_state", "jit_ema", "jit_model_axis_params", "jit_model_axis_opt_state",
+                 "jit_plain_loss_params", "pmap_params", "pmap_opt_state"):
+        assert out[name] < PARAM_TOL, (name, out[name])
+    assert out["jit_model_axis_sharding"] == "P(None, 'model')"  # the model axis really split a kernel
+    assert out["pmap_copies_identical"]
+    # Control: the batch-keyed loss under pmap draws different numbers per device, so parameters differ.
+    assert out["pmap_plain_loss_params"] > 100 * PARAM_TOL
+
+
+@pytest.mark.distributed
+def test_two_processes_train_in_lockstep_with_one_process(tmp_path):
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+        env = _env(devices=2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                   JAX_PROCESS_ID=str(pid))
+        procs.append(subprocess.Popen([sys.executable, os.path.join(SCRIPTS, "multihost_train.py"), "--steps", "20",
+                                       "--out", str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outs = []
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=300)
+            assert p.returncode == 0, stderr[-3000:]
+            outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [o["processes"] for o in outs] == [2, 2] and outs[0]["devices"] == 4
+    assert outs[0]["rows"] == [0, 32] and outs[1]["rows"] == [32, 64]  # each process loaded only its half
+
+    a, b = (np.load(tmp_path / f"process_{i}.npz") for i in range(2))
+    # Lock-step: both processes hold bit-identical replicated state and saw the same loss at every step.
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+    # One process, one device, the same global batches (this pytest process has a single CPU device).
+    import multihost_train
+
+    leaves, losses, rows = multihost_train.train(20)
+    assert rows == slice(0, 64)
+    diff = max(float(np.max(np.abs(a[f"leaf_{i}"] - x))) for i, x in enumerate(leaves))
+    print(f"2 processes x 2 devices vs 1 process: max |param/opt-state diff| = {diff:.3g}")
+    assert diff < PARAM_TOL
+    np.testing.assert_allclose(a["losses"], losses, rtol=1e-5)  # float32 loss, different reduction order
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# In-process unit tests (one device)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _tiny_apply(params, z, t):
+    """u(z, t) = W2 tanh(W1 [z, t] + b1) + b2: cheap to compile, output O(1)."""
+    t = jnp.broadcast_to(jnp.asarray(t), (z.shape[0],)).astype(z.dtype)
+    h = jnp.tanh(jnp.concatenate([z, t[:, None]], axis=-1) @ params["w1"] + params["b1"])
+    return h @ params["w2"] + params["b2"]
+
+
+def _problem():
+    path = fj.paths.AffinePath(fj.paths.CondOT())
+    k1, k2 = jax.random.split(jax.random.key(0))
+    params = {"w1": jax.random.normal(k1, (3, 32)) / np.sqrt(3), "b1": jnp.zeros(32),
+              "w2": jax.random.normal(k2, (32, 2)) / np.sqrt(32), "b2": jnp.zeros(2)}
+    x1 = fj.data.toy.half_moons(jax.random.key(1), 16)
+    return path, _tiny_apply, params, x1
+
+
+def test_example_keyed_loss_is_independent_of_the_split():
+    """The mean of the loss (and gradient) over two halves with global indices equals the full-batch value."""
+    path, apply, params, x1 = _problem()
+    loss = jax.jit(functools.partial(fd.example_keyed_flow_matching_loss, apply=apply))
+    key = jax.random.key(3)
+    grad = jax.jit(jax.grad(lambda p, b: loss(p, key, b, path)[0]))
+    full = fd.index_batch(x1)
+    halves = [fd.index_batch(x1[:8], 0), fd.index_batch(x1[8:], 8)]
+    whole = loss(params, key, full, path)[0]
+    split = 0.5 * (loss(params, key, halves[0], path)[0] + loss(params, key, halves[1], path)[0])
+    np.testing.assert_allclose(whole, split, rtol=1e-6)  # float32 sums of 16 terms
+    g_full = grad(params, full)
+    g_split = jax.tree_util.tree_map(lambda a, b: 0.5 * (a + b), grad(params, halves[0]), grad(params, halves[1]))
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g_full, g_split)
+    # The wrong indices (every half starting at 0) give a different loss: the index really keys the draws.
+    wrong = 0.5 * (loss(params, key, halves[0], path)[0] + loss(params, key, fd.index_batch(x1[8:], 0), path)[0])
+    assert abs(float(wrong) - float(whole)) > 1e-4
+
+
+def test_example_keyed_loss_has_the_flow_matching_expectation():
+    """Averaged over keys, the example-keyed loss estimates the same objective as `flow_matching_loss`."""
+    path, apply, params, x1 = _problem()
+    keys = jax.random.split(jax.random.key(5), 400)
+    keyed = functools.partial(fd.example_keyed_flow_matching_loss, apply=apply)
+    a = jax.jit(jax.vmap(lambda k: keyed(params, k, fd.index_batch(x1), path)[0]))
+    b = jax.jit(jax.vmap(lambda k: fj.flow_matching_loss(params, k, x1, path, apply=apply)[0]))
+    la, lb = np.asarray(a(keys)), np.asarray(b(keys))
+    # Two independent means of 400 draws: 5 standard errors of the difference.
+    se = np.sqrt(la.var() / la.size + lb.var() / lb.size)
+    assert abs(la.mean() - lb.mean()) < 5 * se
+
+
+def test_mixed_precision_computes_in_bf16_and_keeps_f32_parameters():
+    path, _, params, x1 = _problem()
+    seen = {}
+
+    def spy(p, z, t):
+        seen["params"] = {x.dtype for x in jax.tree_util.tree_leaves(p)}
+        seen["z"], seen["t"] = z.dtype, t.dtype
+        return _tiny_apply(p, z, t)
+
+    bf16 = fd.mixed_precision(spy)
+    t = jnp.full((16,), 0.3)
+    out16 = bf16(params, x1, t)
+    assert seen == {"params": {jnp.dtype(jnp.bfloat16)}, "z": jnp.bfloat16, "t": jnp.float32}
+    assert out16.dtype == jnp.float32
+    out32 = _tiny_apply(params, x1, t)
+    # bf16 rounds each of the ~35-term dot products' inputs and outputs by 2^-8 relative; outputs are O(1):
+    # a few 1e-2 absolute at most (a float32 computation agrees to 1e-6).
+    np.testing.assert_allclose(out16, out32, atol=0.05)
+    assert float(jnp.max(jnp.abs(out16 - out32))) > 1e-5  # and it really computed in bf16
+
+    optimizer = fj.make_optimizer(1e-2)
+    loss_fn = functools.partial(fd.example_keyed_flow_matching_loss, apply=bf16)
+    grads = jax.jit(jax.grad(lambda p: loss_fn(p, jax.random.key(2), fd.index_batch(x1), path)[0]))(params)
+    assert all(g.dtype == jnp.float32 for g in jax.tree_util.tree_leaves(grads))
+    state = fj.init_train_state(jax.random.key(0), params, optimizer)
+    step = fj.make_train_step(loss_fn, optimizer)
+    losses = []
+    for i in range(30):
+        state, m = step(state, fd.index_batch(fj.data.toy.half_moons(jax.random.key(i), 128)), path)
+        losses.append(float(m["loss"]))
+    assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves((state.params, state.ema_params)))
+    assert np.isfinite(losses).all() and np.mean(losses[-10:]) < np.mean(losses[:10])
+
+
+def test_initialize_from_env_single_process_and_bad_values():
+    assert fd.initialize_from_env({}) == (0, 1)
+    assert fd.initialize_from_env({"WORLD_SIZE": "1", "RANK": "0", "MASTER_ADDR": "127.0.0.1"}) == (0, 1)
+    with pytest.raises(ValueError, match="integers"):
+        fd.initialize_from_env({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"})
+    with pytest.raises(ValueError, match="process id is missing"):
+        fd.initialize_from_env({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2"})
+    with pytest.raises(ValueError, match="outside"):
+        fd.initialize_from_env({"MASTER_ADDR": "h", "WORLD_SIZE": "2", "RANK": "2"})
+
+
+def test_single_device_placement_helpers():
+    mesh = fd.make_mesh()
+    assert dict(mesh.shape) == {"data": 1, "model": 1}
+    assert fd.process_batch_rows(8, mesh) == slice(0, 8)
+    batch = fd.shard_batch(fd.index_batch(np.zeros((8, 2), np.float32)), mesh)
+    assert batch.data.shape == (8, 2) and batch.index.tolist() == list(range(8))
+    with pytest.raises(ValueError, match="divisor"):
+        fd.make_mesh(model=3)
+    with pytest.raises(ValueError, match="needs 4 devices"):
+        fd.make_mesh(data=4)
+    with pytest.raises(ValueError, match="not divisible"):
+        fd.split_for_pmap(jnp.zeros((5, 2)), 2)
+    split = fd.split_for_pmap({"x": jnp.arange(8.0)}, 4)
+    assert split["x"].shape == (4, 2)
+    specs = fd.state_sharding({"w": jnp.zeros((64, 64)), "b": jnp.zeros(64)}, mesh, min_shard_size=1)
+    assert all(s.spec == jax.sharding.PartitionSpec() for s in jax.tree_util.tree_leaves(specs))
