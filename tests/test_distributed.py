@@ -86,9 +86,9 @@ def test_two_processes_train_in_lockstep_with_one_process(tmp_path):
     for pid in range(2):
         env = _env(devices=2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                    JAX_PROCESS_ID=str(pid))
-        procs.append(subprocess.Popen([sys.executable, os.path.join(SCRIPTS, "multihost_train.py"), "--steps", "20",
-                                       "--out", str(tmp_path)], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+        command = [sys.executable, os.path.join(SCRIPTS, "multihost_train.py"), "--steps", "20", "--out",
+                   str(tmp_path), "--checkpoint-dir", str(tmp_path / "ckpt")]
+        procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = []
     try:
         for p in procs:
@@ -107,9 +107,20 @@ def test_two_processes_train_in_lockstep_with_one_process(tmp_path):
     for k in a.files:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
-    # One process, one device, the same global batches (this pytest process has a single CPU device).
+    # The checkpoint written jointly by the two processes restores, in one process, to the same values.
+    import _common
     import multihost_train
 
+    from fm_jax.checkpoint import TrainingCheckpointer
+
+    _, _, params, optimizer, _ = _common.problem()
+    with TrainingCheckpointer(tmp_path / "ckpt", {"global_batch": 64}, handle_sigterm=False) as ckpt:
+        restored = ckpt.restore(fj.init_train_state(jax.random.key(7), params, optimizer))
+    assert int(restored.step) == 20
+    for i, x in enumerate(jax.tree_util.tree_leaves((restored.params, restored.opt_state))):
+        np.testing.assert_array_equal(a[f"leaf_{i}"], x)
+
+    # One process, one device, the same global batches (this pytest process has a single CPU device).
     leaves, losses, rows = multihost_train.train(20)
     assert rows == slice(0, 64)
     diff = max(float(np.max(np.abs(a[f"leaf_{i}"] - x))) for i, x in enumerate(leaves))

@@ -21,11 +21,13 @@ from _common import GLOBAL_BATCH, batch_rows, dataset, problem  # noqa: E402
 
 import fm_jax as fj  # noqa: E402
 from fm_jax import distributed as fd  # noqa: E402
+from fm_jax.checkpoint import TrainingCheckpointer  # noqa: E402
 
 
-def train(steps: int) -> tuple[list[np.ndarray], list[float], slice]:
+def train(steps: int, checkpoint_dir: str | None = None) -> tuple[list[np.ndarray], list[float], slice]:
     """Train `steps` steps on all devices of all processes; (this process's copy of the parameter and optimiser
-    leaves, per-step losses, this process's rows of each global batch)."""
+    leaves, per-step losses, this process's rows of each global batch). With `checkpoint_dir`, save the final
+    state there (every process takes part in the save)."""
     path, apply, params, optimizer, loss_fn = problem()
     mesh = fd.make_mesh()
     rows = fd.process_batch_rows(GLOBAL_BATCH, mesh)
@@ -40,6 +42,9 @@ def train(steps: int) -> tuple[list[np.ndarray], list[float], slice]:
         batch = fd.shard_batch(fd.index_batch(data[mine], start=rows.start), mesh)
         state, metrics = step(state, batch, path)
         losses.append(float(metrics["loss"]))  # replicated scalar: a host sync every step
+    if checkpoint_dir is not None:
+        with TrainingCheckpointer(checkpoint_dir, {"global_batch": GLOBAL_BATCH}, save_every=steps) as ckpt:
+            ckpt.save(state)
     # Replicated arrays: every process can read its local copy.
     local = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), (state.params, state.opt_state))
     return jax.tree_util.tree_leaves(local), losses, rows
@@ -49,9 +54,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--checkpoint-dir", default=None)
     args = parser.parse_args()
     process_index, process_count = fd.initialize_from_env(initialization_timeout=60)
-    leaves, losses, rows = train(args.steps)
+    leaves, losses, rows = train(args.steps, args.checkpoint_dir)
     np.savez(os.path.join(args.out, f"process_{process_index}.npz"), losses=np.asarray(losses),
              **{f"leaf_{i}": x for i, x in enumerate(leaves)})
     print(json.dumps({"process": process_index, "processes": process_count, "devices": jax.device_count(),
