@@ -1,0 +1,35 @@
+# Aliases for the commands humans and CI both run. Tool settings live in pyproject.toml.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: env test test-all run bench lint compare compare-quick clean
+
+# The environment is created on first use and refreshed when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+env: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+run: $(STAMP)
+	$(BIN)/python -m experiments.toy_table --out results
+
+bench: $(STAMP)
+	-$(BIN)/python -m pip install -q "torch==2.13.0" 2>/dev/null || echo "PyTorch not installable here: benchmarking JAX only"
+	$(BIN)/python -m experiments.bench --out results/bench.json
+
+lint: $(STAMP)
+	$(BIN)/ruff check fm_jax experiments tests
+
+clean:
+	rm -rf results workdir .pytest_cache

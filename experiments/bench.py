@@ -1,0 +1,240 @@
+"""`make bench`: throughput of the compiled train step and sampler, against this machine's limits and PyTorch.
+
+    python -m experiments.bench --out results/bench.json [--quick]
+
+Measures, in one process and one run:
+- the f32 matrix-product rate (2048² jitted matmul): the practical FLOP/s limit of this machine;
+- the 2-D MLP train step (width 256, 3 hidden layers, batch 256, Adam, Cond-OT loss): steps/s one dispatch per
+  step, and with `lax.scan` over 100 steps per call; compile time; FLOPs per step from XLA's cost analysis;
+  achieved FLOP/s as a fraction of the matmul rate;
+- sampling 10,000 points with 100 Euler steps;
+- the same model, batch, optimiser and sampler in a plain PyTorch loop when PyTorch is importable (ratios);
+- extra sections registered in `EXTRA_BENCHMARKS` (e.g. Kac velocity throughput).
+Timings are medians of repeated runs after warm-up; the machine is noisy, so compare ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import json
+import math
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import fm_jax as fj
+from fm_jax import paths as P
+
+WIDTH, DEPTH, BATCH, TIME_FEATURES = 256, 3, 256, 64
+SAMPLE_POINTS, SAMPLE_STEPS = 10_000, 100
+# Modules with a `run(quick: bool) -> dict` function, added to the JSON under their key when importable.
+EXTRA_BENCHMARKS = {"kac": "experiments.bench_kac"}
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_rate(n: int = 2048, repeats: int = 10) -> dict:
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    mm = jax.jit(jnp.matmul)
+    mm(a, b).block_until_ready()
+    sec = _median_time(lambda: mm(a, b).block_until_ready(), repeats)
+    return {"n": n, "seconds": sec, "gflops": 2 * n**3 / sec / 1e9}
+
+
+def _flops(compiled) -> float | None:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def jax_train(quick: bool) -> dict:
+    path = P.AffinePath(P.CondOT())
+    model = fj.models.MLP(2, 2, hidden=WIDTH, depth=DEPTH, time_features=TIME_FEATURES, rngs=nnx.Rngs(0))
+    apply, params = fj.models.as_apply(model)
+    opt = fj.make_optimizer(1e-3, clip_norm=None)
+    loss_fn = functools.partial(fj.flow_matching_loss, apply=apply)
+    batch = fj.data.toy.half_moons(jax.random.key(0), BATCH)
+
+    def step(state, batch, path):
+        return fj.training.train_step(state, batch, path, loss_fn=loss_fn, optimizer=opt, ema_decay=0.999)
+
+    jitted = jax.jit(step, donate_argnums=0)
+    state = fj.init_train_state(jax.random.key(1), params, opt)
+    start = time.perf_counter()
+    compiled = jitted.lower(state, batch, path).compile()
+    compile_seconds = time.perf_counter() - start
+    flops = _flops(compiled)
+
+    n = 200 if quick else 1000
+    state, m = compiled(state, batch, path)
+    m["loss"].block_until_ready()
+
+    def run_single():
+        nonlocal state
+        for _ in range(n):
+            state, m = compiled(state, batch, path)
+        m["loss"].block_until_ready()
+
+    single = n / _median_time(run_single, 3)
+
+    k = 100
+    batches = fj.data.toy.half_moons(jax.random.key(2), k * BATCH).reshape(k, BATCH, 2)
+    scan = fj.training.make_scan_train_step(loss_fn, opt)
+    state, m = scan(state, batches, path)
+    m["loss"].block_until_ready()
+    calls = 2 if quick else 10
+
+    def run_scan():
+        nonlocal state
+        for _ in range(calls):
+            state, m = scan(state, batches, path)
+        m["loss"].block_until_ready()
+
+    scanned = calls * k / _median_time(run_scan, 3)
+    return {
+        "compile_seconds": compile_seconds,
+        "flops_per_step": flops,
+        "steps_per_second": single,
+        "examples_per_second": single * BATCH,
+        "scan100_steps_per_second": scanned,
+        "scan100_examples_per_second": scanned * BATCH,
+    }
+
+
+def jax_sampling(quick: bool) -> dict:
+    path = P.AffinePath(P.CondOT())
+    model = fj.models.MLP(2, 2, hidden=WIDTH, depth=DEPTH, time_features=TIME_FEATURES, rngs=nnx.Rngs(0))
+    apply, params = fj.models.as_apply(model)
+    run = lambda: fj.sample(jax.random.key(0), path, apply, params, SAMPLE_POINTS, (2,),  # noqa: E731
+                            num_steps=SAMPLE_STEPS).samples.block_until_ready()
+    start = time.perf_counter()
+    run()
+    first = time.perf_counter() - start
+    sec = _median_time(run, 3 if quick else 7)
+    return {"points": SAMPLE_POINTS, "euler_steps": SAMPLE_STEPS, "seconds": sec, "first_call_seconds": first,
+            "points_steps_per_second": SAMPLE_POINTS * SAMPLE_STEPS / sec}
+
+
+def torch_reference(quick: bool) -> dict | None:
+    """The same MLP, batch, Adam and Cond-OT loss as a plain PyTorch loop (CPU, default threads)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            sizes = [2 + TIME_FEATURES] + [WIDTH] * DEPTH
+            self.hidden = torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+            self.out = torch.nn.Linear(WIDTH, 2)
+            half = TIME_FEATURES // 2
+            self.register_buffer("freqs", torch.exp(torch.linspace(math.log(0.5), math.log(64.0), half)))
+
+        def forward(self, x, t):
+            ang = 2 * math.pi * t[:, None] * self.freqs[None]
+            h = torch.cat([x, torch.sin(ang), torch.cos(ang)], -1)
+            for layer in self.hidden:
+                h = torch.nn.functional.silu(layer(h))
+            return self.out(h)
+
+    torch.manual_seed(0)
+    net = Net()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x1 = torch.as_tensor(np.asarray(fj.data.toy.half_moons(jax.random.key(0), BATCH)))
+
+    def one_step():
+        t = torch.rand(BATCH)
+        x0 = torch.randn(BATCH, 2)
+        xt = t[:, None] * x1 + (1 - t[:, None]) * x0
+        loss = ((net(xt, t) - (x1 - x0)) ** 2).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    for _ in range(20):
+        one_step()
+    n = 200 if quick else 1000
+
+    def run_train():
+        for _ in range(n):
+            loss = one_step()
+        loss.item()
+
+    steps = n / _median_time(run_train, 3)
+
+    def run_sample():
+        with torch.no_grad():
+            x = torch.randn(SAMPLE_POINTS, 2)
+            dt = 1.0 / SAMPLE_STEPS
+            for i in range(SAMPLE_STEPS):
+                x = x + dt * net(x, torch.full((SAMPLE_POINTS,), i * dt))
+        return x
+
+    run_sample()
+    sample_sec = _median_time(run_sample, 3 if quick else 7)
+    return {"version": torch.__version__, "threads": torch.get_num_threads(), "steps_per_second": steps,
+            "sampling_seconds": sample_sec}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="results/bench.json")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
+    args = parser.parse_args(argv)
+
+    report = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]},
+    }
+    report["matmul_f32"] = matmul_rate(1024 if args.quick else 2048)
+    report["train_step"] = jax_train(args.quick)
+    report["sampling"] = jax_sampling(args.quick)
+    torch_ref = torch_reference(args.quick)
+    report["pytorch"] = torch_ref
+    tr, peak = report["train_step"], report["matmul_f32"]["gflops"]
+    if tr["flops_per_step"]:
+        for key in ("steps_per_second", "scan100_steps_per_second"):
+            achieved = tr["flops_per_step"] * tr[key] / 1e9
+            tr[key.replace("steps_per_second", "achieved_gflops")] = achieved
+            tr[key.replace("steps_per_second", "fraction_of_matmul_peak")] = achieved / peak
+    ratios = {}
+    if torch_ref:
+        ratios["train_steps_vs_pytorch"] = tr["steps_per_second"] / torch_ref["steps_per_second"]
+        ratios["train_steps_scan100_vs_pytorch"] = tr["scan100_steps_per_second"] / torch_ref["steps_per_second"]
+        ratios["sampling_vs_pytorch"] = torch_ref["sampling_seconds"] / report["sampling"]["seconds"]
+    report["ratios"] = ratios
+    for name, module in EXTRA_BENCHMARKS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        report[name] = mod.run(quick=args.quick)
+
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(json.dumps({k: report[k] for k in ("matmul_f32", "train_step", "sampling", "ratios")}, indent=2))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
