@@ -33,7 +33,7 @@ from fm_jax import paths as P
 S_GRID = np.geomspace(1e-3, 1e3, 37)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def toy_ko_path(
     dataset: str = "checkerboard", n: int = 4000, num_noise: int = 500, gamma_min: float = 0.01, seed: int = 0
 ) -> P.AffinePath:
@@ -54,7 +54,7 @@ def toy_ko_path(
     return P.AffinePath(fit.schedule)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def image_ko_path(
     dataset: str,
     num_noise: int = 1000,

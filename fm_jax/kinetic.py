@@ -166,8 +166,9 @@ def data_separation(
     every s (common random numbers), so the estimate is smooth in s. Two unbiased forms are computed, Eq. 23 itself
     and 1 - MMSE with MMSE = (1/d) E||x1 - E[x1|x]||^2 (equal for normalised data), each with ||x1||^2 / d as a
     control variate, and the one with the smaller error bar is returned per s: the error then vanishes both as
-    s -> 0 and as s -> infinity, and `complement` = 1 - lambda keeps its relative precision at large s. Memory: one block of
-    len(s) x block_noise x block_data logits plus a len(s) x block_noise x d accumulator; the dataset is never
+    s -> 0 and as s -> infinity, and `complement` = 1 - lambda keeps its relative precision at large s.
+    Memory: one block of len(s) x block_noise x block_data logits plus a len(s) x block_noise x d accumulator;
+    the dataset is never
     copied or padded (a 50,000 x 3,072 dataset costs ~0.6 GB for itself, ~0.1 GB more at the defaults with 40 s).
 
     Args:
@@ -537,14 +538,15 @@ def fit_ko_schedule(
 
 
 def minimise_kinetic_energy(
-    lam: Callable[[Array], Array], *, num_steps: int = 200, maxiter: int = 5000
+    lam: Callable[[Array], Array], *, num_steps: int = 200, maxiter: int = 5000, data_scale: float = 1.0
 ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
     """Directly minimise the discretised polar kinetic energy (Eq. 27), a check of the closed form.
 
         E[r, theta] = sum_k [ (r_{k+1} - r_k)^2 + rbar_k^2 (theta_{k+1} - theta_k)^2 gamma(thetabar_k) ] / dt
 
-    over r_1..r_{N-1} > 0 and theta_1..theta_{N-1} in [0, pi/2] with r_0 = r_N = 1, theta_0 = 0, theta_N = pi/2
-    (bars are midpoints), by L-BFGS-B in float64 from the Cond-OT path. Runs on the host (not jit-able).
+    over r_1..r_{N-1} > 0 and theta_1..theta_{N-1} in [0, pi/2] with r_0 = 1, r_N = c (`data_scale`, 1 for
+    normalised data), theta_0 = 0, theta_N = pi/2 (bars are midpoints), by L-BFGS-B in float64 from the Cond-OT
+    path. Runs on the host (not jit-able).
 
     Returns:
         (energy, t (N+1,), r (N+1,), theta (N+1,)).
@@ -553,10 +555,11 @@ def minimise_kinetic_energy(
 
     n = num_steps
     dt = 1.0 / n
+    c = float(data_scale)
     with jax.enable_x64(True):
 
         def energy(z):
-            r = jnp.concatenate([jnp.ones(1), z[: n - 1], jnp.ones(1)])
+            r = jnp.concatenate([jnp.ones(1), z[: n - 1], jnp.full(1, c)])
             th = jnp.concatenate([jnp.zeros(1), z[n - 1 :], jnp.full(1, 0.5 * math.pi)])
             rbar, thbar = 0.5 * (r[1:] + r[:-1]), 0.5 * (th[1:] + th[:-1])
             g = separation_to_gamma(lam, thbar)
@@ -569,8 +572,8 @@ def minimise_kinetic_energy(
             return float(v), np.asarray(gz, dtype=np.float64)
 
         t = np.linspace(0.0, 1.0, n + 1)
-        th0 = np.arctan2(t, 1.0 - t)
-        r0 = np.sqrt(t**2 + (1.0 - t) ** 2)
+        th0 = np.arctan2(c * t, 1.0 - t)
+        r0 = np.sqrt((c * t) ** 2 + (1.0 - t) ** 2)
         z0 = np.concatenate([r0[1:-1], th0[1:-1]])
         bounds = [(1e-3, None)] * (n - 1) + [(0.0, 0.5 * math.pi)] * (n - 1)
         res = scipy.optimize.minimize(
@@ -578,7 +581,7 @@ def minimise_kinetic_energy(
             options={"maxiter": maxiter, "maxfun": 4 * maxiter, "ftol": 1e-15, "gtol": 1e-11},
         )
     z = res.x
-    r = np.concatenate([[1.0], z[: n - 1], [1.0]])
+    r = np.concatenate([[1.0], z[: n - 1], [c]])
     th = np.concatenate([[0.0], z[n - 1 :], [0.5 * math.pi]])
     return float(res.fun), t, r, th
 

@@ -245,6 +245,47 @@ def test_closed_form_matches_numerical_minimiser_and_reaches_pi_over_2():
         np.testing.assert_allclose(jax.vmap(sched.radius)(jnp.asarray(t)), r, atol=4e-5)
 
 
+def test_data_scale_keeps_endpoints_and_matches_the_minimiser():
+    # Unnormalised data of RMS scale c: the chord ends at (r, theta) = (c, pi/2); lambda = 1 is still Cond-OT.
+    c = 1.7
+    with jax.enable_x64(True):
+        sched = K.ko_schedule(ones, data_scale=c)
+        t = jnp.linspace(0.0, 1.0, 51)
+        np.testing.assert_allclose(jax.vmap(sched.alpha)(t), t, atol=1e-12)
+        np.testing.assert_allclose(jax.vmap(sched.sigma)(t), 1.0 - t, atol=1e-12)
+        np.testing.assert_allclose(float(sched.b), 1.0 + c**2, rtol=1e-12)  # E_c of (c t, 1 - t)
+        lam = sine_gamma(0.2)
+        sched = K.ko_schedule(lam, data_scale=c)
+        B = float(sched.B)
+        np.testing.assert_allclose(float(sched.b), 1 + c * c - 2 * c * math.cos(B), rtol=1e-12)
+        np.testing.assert_allclose([sched.alpha(1.0), sched.sigma(1.0)], [1.0, 0.0], atol=1e-9)
+    energy, t, r, theta = K.minimise_kinetic_energy(lam, num_steps=100, data_scale=c)
+    np.testing.assert_allclose(energy, float(sched.b), rtol=2e-5)  # O(h^2) discretisation
+    with jax.enable_x64(True):
+        np.testing.assert_allclose(jax.vmap(sched.angle)(jnp.asarray(t)), theta, atol=2e-4)
+
+
+def test_fitted_complement_keeps_gamma_near_one_at_high_snr():
+    # Well separated points: 1 - lambda(s) decays like exp(-s^2 delta^2 / 8), so gamma -> 1 as theta -> pi/2. The
+    # fit must carry 1 - lambda with relative precision for that (lambda itself rounds to 1 in float32).
+    x = sphere_data(jax.random.PRNGKey(12), 10, 3)
+    s = jnp.geomspace(0.01, 1000.0, 25)
+    est = K.data_separation(jax.random.PRNGKey(13), x, s, 1000)
+    assert np.all(est.complement >= 0) and float(est.complement[-1]) < 1e-6
+    lam = K.fit_data_separation(s, *est)
+    with jax.enable_x64(True):
+        sched = K.ko_schedule(lam)
+        theta = jnp.linspace(1.53, 1.57, 5)  # s from 24 to 1260 (measured gamma 0.99998 at s = 24)
+        np.testing.assert_allclose(jax.vmap(sched.gamma)(theta), 1.0, atol=1e-4)
+
+
+def test_fit_ko_schedule_on_unnormalised_data():
+    raw = 3.0 * jax.random.uniform(jax.random.PRNGKey(14), (300, 2)) + 1.0
+    fit = K.fit_ko_schedule(jax.random.PRNGKey(15), raw, num_noise=200, num_grid=513)
+    np.testing.assert_allclose(fit.data_scale, 3.0 / math.sqrt(12), rtol=0.1)  # uniform RMS, 300 points
+    assert 0.0 < float(fit.schedule.B) < 0.5 * math.pi
+
+
 def test_gaussian_lambda_makes_energy_angle_free():
     # §7 item 18: lambda = s^2/(1+s^2) gives gamma = 0; only the floor gamma_min is left: B = sqrt(gamma_min) pi/2.
     with jax.enable_x64(True):

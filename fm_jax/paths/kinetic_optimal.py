@@ -6,7 +6,7 @@ Theorem 3.1, kinetic energies) lives in `fm_jax.kinetic`. Same clock as the pape
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .._typing import Array
 from ..kinetic import KineticOptimal, ko_schedule
