@@ -29,7 +29,6 @@ import datetime
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -40,6 +39,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from .training import TrainState
 
@@ -157,7 +157,7 @@ class TrainingCheckpointer:
     """Orbax checkpoints of a `TrainState` with keep-N, save-every-N, config checks, corrupt-step fallback, SIGTERM.
 
     Args:
-        directory: the checkpoint directory (created if needed; local path or any path Orbax accepts).
+        directory: the checkpoint directory (created if needed): a local path or any path Orbax accepts (gs://...).
         config: the run's config (Mapping, ConfigDict or dataclass), stored with every checkpoint and compared on
             restore. keep: number of most recent checkpoints kept. save_every: `save` writes when
             step % save_every == 0. ignore_config_keys: dotted keys allowed to differ on restore.
@@ -194,7 +194,8 @@ class TrainingCheckpointer:
             raise ValueError(f"save_every must be >= 1, got {save_every}")
         if preemption_check_every < 1:
             raise ValueError(f"preemption_check_every must be >= 1, got {preemption_check_every}")
-        self.directory = os.path.abspath(os.fspath(directory))
+        path = epath.Path(directory)
+        self.directory = str(path if "://" in os.fspath(directory) else path.absolute())
         self.config = config_to_dict(config)
         self.keep = keep
         self.save_every = save_every
@@ -255,12 +256,12 @@ class TrainingCheckpointer:
     def _write_beside(self) -> None:
         if jax.process_index() != 0:
             return
+        root = epath.Path(self.directory)
         for name, text in (("config.json", json.dumps(self.config, indent=2, sort_keys=True)),
                            ("git_revision.txt", self.git_revision + "\n")):
-            tmp = os.path.join(self.directory, f".{name}.tmp")
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.replace(tmp, os.path.join(self.directory, name))
+            tmp = root / f".{name}.tmp"
+            tmp.write_text(text)
+            tmp.replace(root / name)  # never a half-written file under the final name
 
     def save(self, state: TrainState, *, step: int | None = None, force: bool = False) -> bool:
         """Save `state` if step % save_every == 0, if `force`, or if a stop was requested; return whether to stop.
@@ -331,12 +332,12 @@ class TrainingCheckpointer:
     def _quarantine(self, step: int) -> None:
         """Move an unreadable step out of Orbax's sight (kept for inspection, not deleted)."""
         if jax.process_index() == 0:
-            source = os.path.join(self.directory, str(step))
+            source = epath.Path(self.directory) / str(step)
             stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
-            destination = os.path.join(self.directory, "corrupt", f"{step}-{stamp}")
-            os.makedirs(os.path.dirname(destination), exist_ok=True)
-            if os.path.exists(source):
-                shutil.move(source, destination)
+            destination = epath.Path(self.directory) / "corrupt" / f"{step}-{stamp}"
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            if source.exists():
+                source.rename(destination)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 

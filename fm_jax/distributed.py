@@ -69,25 +69,34 @@ __all__ = [
 # Multi-host start-up
 # ----------------------------------------------------------------------------------------------------------------
 
-# Environment variables set by cluster launchers that `jax.distributed.initialize()` detects on its own.
-_AUTO_DETECTED = ("SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+def _launched_by_cluster(env) -> bool:
+    """True under a multi-process launcher whose environment `jax.distributed.initialize()` reads by itself."""
+    size = lambda name: int(env.get(name, "1") or 1)
+    slurm = "SLURM_JOB_ID" in env and "SLURM_STEP_ID" in env and size("SLURM_NTASKS") > 1  # inside `srun`
+    ompi = size("OMPI_COMM_WORLD_SIZE") > 1
+    tpu_gke = "," in env.get("TPU_WORKER_HOSTNAMES", "") or bool(env.get("MEGASCALE_COORDINATOR_ADDRESS"))
+    return slurm or ompi or tpu_gke
 
 
-def initialize_from_env(environ: dict[str, str] | None = None, **kwargs) -> tuple[int, int]:
+def initialize_from_env(
+    environ: dict[str, str] | None = None, *, auto_detect: bool = False, **kwargs
+) -> tuple[int, int]:
     """Start `jax.distributed` from environment variables; a no-op for a single process. Call before any JAX op.
 
     Read, first match wins:
       1. `JAX_COORDINATOR_ADDRESS` (host:port of process 0), `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`
-         (and optionally `JAX_LOCAL_DEVICE_IDS`, read by JAX itself);
+         (`JAX_LOCAL_DEVICE_IDS` is read by JAX itself);
       2. the PyTorch-launcher names `MASTER_ADDR`, `MASTER_PORT`, `WORLD_SIZE`, `RANK` (torchrun, many GPU
          schedulers);
-      3. a cluster JAX detects itself (Cloud TPU pod slices, SLURM, Open MPI): `jax.distributed.initialize()`
-         with no arguments.
+      3. a launcher JAX understands on its own — SLURM `srun` with more than one task, Open MPI `mpirun`, TPU
+         pods on GKE — or `auto_detect=True` (Cloud TPU VM pod slices, found through the metadata server):
+         `jax.distributed.initialize()` without arguments.
     With none of these (or a world size of 1) nothing is started.
 
     Args:
-        environ: the environment to read (default `os.environ`). kwargs: passed on to `jax.distributed.initialize`
-            (e.g. `initialization_timeout`).
+        environ: the environment to read (default `os.environ`). auto_detect: call `jax.distributed.initialize()`
+            when no variables are set (it raises where JAX finds no cluster). kwargs: passed on to
+            `jax.distributed.initialize` (e.g. `initialization_timeout`).
     Returns:
         (process_index, process_count) after start-up.
     """
@@ -113,7 +122,7 @@ def initialize_from_env(environ: dict[str, str] | None = None, **kwargs) -> tupl
             raise ValueError(f"process id {process_id} is outside [0, {num_processes}) ({names})")
         if num_processes > 1:
             jax.distributed.initialize(address, num_processes, process_id, **kwargs)
-    elif any(name in env for name in _AUTO_DETECTED):
+    elif auto_detect or _launched_by_cluster(env):
         jax.distributed.initialize(**kwargs)
     return jax.process_index(), jax.process_count()
 

@@ -219,6 +219,7 @@ def test_mixed_precision_computes_in_bf16_and_keeps_f32_parameters():
 def test_initialize_from_env_single_process_and_bad_values():
     assert fd.initialize_from_env({}) == (0, 1)
     assert fd.initialize_from_env({"WORLD_SIZE": "1", "RANK": "0", "MASTER_ADDR": "127.0.0.1"}) == (0, 1)
+    assert fd.initialize_from_env({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}) == (0, 1)  # one task: nothing to join
     with pytest.raises(ValueError, match="integers"):
         fd.initialize_from_env({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"})
     with pytest.raises(ValueError, match="process id is missing"):
@@ -243,3 +244,20 @@ def test_single_device_placement_helpers():
     assert split["x"].shape == (4, 2)
     specs = fd.state_sharding({"w": jnp.zeros((64, 64)), "b": jnp.zeros(64)}, mesh, min_shard_size=1)
     assert all(s.spec == jax.sharding.PartitionSpec() for s in jax.tree_util.tree_leaves(specs))
+
+
+def test_train_distributed_entry_point_resumes(tmp_path):
+    """The multi-host entry point on one device: trains, checkpoints, and a relaunch continues from the last step."""
+    from experiments.configs.default import get_config
+    from experiments.train_distributed import train_distributed
+
+    config = get_config()
+    config.model.hidden, config.model.depth, config.train.batch_size, config.train.steps = 32, 2, 32, 6
+    out = train_distributed(config, str(tmp_path), save_every=4, log_every=3, handle_sigterm=False)
+    assert out["step"] == 6 and out["resumed_from"] is None and np.isfinite(out["loss"])
+    config.train.steps = 9  # extending a run is allowed (train.steps is an ignored config key)
+    out = train_distributed(config, str(tmp_path), save_every=4, log_every=3, handle_sigterm=False)
+    assert out["step"] == 9 and out["resumed_from"] == 6
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["3", "6", "9"]  # the curve continues across the relaunch
+    assert {"4", "6", "8", "9"} <= set(os.listdir(tmp_path / "checkpoints"))
