@@ -26,6 +26,7 @@ PATHS: dict[str, Callable[[], P.AbstractPath]] = {
     "form": lambda: P.ForcePath(),
     "fm12": lambda: P.NewtonianSecondOrderPath(),
     "kac": lambda: P.KacPath(),
+    "kac_a25_c2": lambda: P.KacPath(a=25.0, c=2.0),
     # Hamiltonian generative flows: in our time only sigma_v / alpha (the source scale) distinguishes alphas.
     "hgf_osc": lambda: P.OscillationHGFPath(alpha=1.0, sigma_v=1.0),
     "hgf": lambda: P.OscillationHGFPath(alpha=1.0, sigma_v=1.0),
