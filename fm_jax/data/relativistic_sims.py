@@ -207,7 +207,9 @@ def simulate_momentum(name: str, x0: Array, v0: Array) -> Trajectories:
     f_par, f_perp = jnp.broadcast_to(f_par, (n, NUM_STEPS)), jnp.broadcast_to(f_perp, (n, NUM_STEPS))
     p0 = rel.momentum_from_velocity(v0, C_LIGHT, MASS)
     positions, momenta = momentum_rollout(x0, p0, f_par, f_perp)
-    velocities = rel.velocity_from_momentum(momenta, C_LIGHT, MASS)
+    # Record the given v0 itself (not v(p0), equal up to rounding) so that samplers starting from the recorded
+    # v0 rebuild the very same p0.
+    velocities = rel.velocity_from_momentum(momenta, C_LIGHT, MASS).at[:, 0].set(v0)
     accelerations = (velocities[:, 1:] - velocities[:, :-1]) / DT
     return Trajectories(positions, velocities, accelerations, f_par, f_perp)
 

@@ -24,8 +24,8 @@ sigma_p = 1) we take c = 16 by default: in 2e5 draws per toy dataset no conditio
 c = 12, 0.02-0.1 % do; with c = 10, 0.4-1.3 %). Typical speeds are ~c / 3 (gamma ~1.05, up to ~2 in the
 tails): the training paths are mildly relativistic, and the bound is the safety net of sampling. A pair
 whose trajectory would reach c (|x1 - x0| >~ c / 2) keeps its exact position path, so `readout` at t = 1 is
-still x1, but its momentum is that of a speed clamped just below c (finite, through `momentum_from_velocity`'s
-clamp); `superluminal_fraction` measures how often that happens.
+still x1, but its momentum and force are those of the velocity scaled down to max_beta c (0.999 c; gamma <= 22),
+finite; `superluminal_fraction` measures how often that happens.
 
 Sampling: `vector_field(F, z, t) = (v(p), F)`; the position moves with v(p) = p / (m gamma), so |dx/dt| < c for
 ANY predicted force (finite or huge), for every solver step. The model predicts the force, an array shaped
@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import relativistic as rel
-from .._checks import check_positive, check_scalar_time
+from .._checks import check_positive, check_scalar_time, is_concrete
 from .._typing import Array, Key, Scalar
 from .base import AbstractPath, PathSample
 
@@ -147,6 +147,8 @@ class ForcePath(AbstractPhaseSpacePath):
     Args:
         c: speed of light (default 16, for data of scale ~2 and sigma_x = sigma_p = 1).
         m: rest mass. sigma_x, sigma_p: source scales of position and momentum.
+        max_beta: conditional speeds above max_beta c are scaled down to it (finite targets for the rare pairs
+            that cannot be joined below c; see `superluminal_fraction`).
         event_ndim: number of trailing axes forming one particle's vector (static).
 
     Example:
@@ -158,10 +160,13 @@ class ForcePath(AbstractPhaseSpacePath):
     m: Array = eqx.field(converter=_array, default=1.0)
     sigma_x: Array = eqx.field(converter=_array, default=1.0)
     sigma_p: Array = eqx.field(converter=_array, default=1.0)
+    max_beta: Array = eqx.field(converter=_array, default=0.999)
     event_ndim: int = eqx.field(static=True, default=1)
 
     def __check_init__(self):
         check_positive(self.c, "ForcePath c (speed of light)")
+        if is_concrete(self.max_beta) and not 0.0 < float(self.max_beta) < 1.0:
+            raise ValueError(f"ForcePath max_beta must lie in (0, 1), got {float(self.max_beta)}")
         check_positive(self.m, "ForcePath m (rest mass)")
         check_positive(self.sigma_x, "ForcePath sigma_x")
         check_positive(self.sigma_p, "ForcePath sigma_p")
@@ -172,7 +177,15 @@ class ForcePath(AbstractPhaseSpacePath):
         return self._velocity(p0)
 
     def _momentum(self, v):
-        return rel.momentum_from_velocity(v, self.c, self.m, axis=self._axes())
+        # Conditional speeds at or beyond max_beta c (rare pairs that cannot be joined below c) are scaled down
+        # to max_beta c, so their momentum and force target stay finite (gamma <= 1 / sqrt(1 - max_beta^2)).
+        axes = self._axes()
+        s2 = jnp.sum(v * v, axis=axes, keepdims=True)
+        limit = self.max_beta * self.c
+        over = s2 > limit**2
+        speed = jnp.sqrt(jnp.where(over, s2, jnp.ones_like(s2)))
+        v = jnp.where(over, v * (limit / speed), v)
+        return rel.momentum_from_velocity(v, self.c, self.m, axis=axes)
 
     def _velocity(self, p):
         return rel.velocity_from_momentum(p, self.c, self.m, axis=self._axes())
@@ -193,7 +206,7 @@ class ForcePath(AbstractPhaseSpacePath):
         return self.m * g * (a + g**2 * ba * b)
 
     def superluminal_fraction(self, key: Key, x1: Array) -> Array:
-        """Fraction of (source draw, data point) pairs whose conditional speed reaches c on [0, 1].
+        """Fraction of (source draw, data point) pairs whose conditional speed reaches max_beta c on [0, 1].
 
         The speed (1 - 2t) v0 + 2t (x1 - x0) is affine in t, its norm convex, so its maximum over [0, 1] is at an end:
         max(|v0|, |2 (x1 - x0) - v0|), and |v0| < c always.
@@ -206,7 +219,7 @@ class ForcePath(AbstractPhaseSpacePath):
         axes = tuple(range(-self.event_ndim, 0))
         speed = jnp.sqrt(jnp.sum(v_end**2, axis=axes))
         per_example = jnp.max(speed.reshape(speed.shape[0], -1), axis=-1)
-        return jnp.mean(per_example >= self.c)
+        return jnp.mean(per_example >= self.max_beta * self.c)
 
 
 class NewtonianSecondOrderPath(AbstractPhaseSpacePath):
