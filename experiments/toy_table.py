@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import time
 
@@ -32,6 +33,7 @@ def run_table(out: str, paths: list[str], datasets: list[str], steps: int, seed:
             config = default.get_config()
             config.path, config.dataset, config.seed = name, dataset, seed
             config.train.steps = steps
+            config.train.steps_per_call = math.gcd(steps, config.train.steps_per_call)
             config.eval.plots = False
             start = time.perf_counter()
             res = train_and_evaluate(config, os.path.join(out, "runs", f"{name}-{dataset}"), progress=progress)
