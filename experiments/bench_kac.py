@@ -23,15 +23,19 @@ from scipy import special
 from fm_jax import kac
 
 
-def reference_velocity(s, x, a, c) -> np.ndarray:
+def reference_velocity(s, x, a, c, atoms_at=None) -> np.ndarray:
     """float64 NumPy/SciPy Kac velocity v = x / (s + (r/c) I0(z)/I1(z)) (i0e, i1e), +-c on and outside |x| = cs.
 
     Independent of `fm_jax.kac` (the paper's formula as written, with the Taylor ratio for z < 1e-3).
+    `atoms_at`: where the atoms sit if not at the exact c s (float32 callers place them at the float32 product
+    fl(c s); a point at or beyond it is an atom).
     """
     s, x, a, c = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in (s, x, a, c)))
     ax = np.abs(x)
     r2 = (c * s - ax) * (c * s + ax)
     inside = r2 > 0
+    if atoms_at is not None:
+        inside &= ax < np.asarray(atoms_at, np.float64)
     r = np.sqrt(np.where(inside, r2, 0.0))
     z = a * r / c
     w = z * z
@@ -89,7 +93,7 @@ def accuracy_table(n: int = 200_000, seed: int = 0) -> dict[str, dict[str, float
     table = {}
     for name, (s, x, a, c) in cone_regions(n, seed).items():
         v32 = np.asarray(f(s, x, a, c))
-        v64 = reference_velocity(s, x, a, c)
+        v64 = reference_velocity(s, x, a, c, atoms_at=c * s)  # float32 product: where float32 atoms sit
         scale = np.maximum(np.abs(v64), 1e-30)
         rel = np.abs(v32.astype(np.float64) - v64) / scale
         table[name] = {
@@ -123,7 +127,7 @@ def run(n: int = 1 << 22, repeats: int = 7, n_draws: int = 1 << 18) -> dict:
     t_jax = _throughput(vel, (sj, xj, a, c), repeats)
     t_ref = _throughput(lambda *v: reference_velocity(*v), (s, x, a, c), max(2, repeats // 3))
     v32 = np.asarray(vel(sj, xj, a, c)).astype(np.float64)
-    v64 = reference_velocity(s, x, a, c)
+    v64 = reference_velocity(s, x, a, c, atoms_at=c * s)
     rel = np.abs(v32 - v64) / np.maximum(np.abs(v64), 1e-30)
 
     sampler = jax.jit(lambda key, s_: kac.sample(key, s_, 9.0, 3.0, (n_draws,)))

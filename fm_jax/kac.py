@@ -94,11 +94,15 @@ def _two_prod(c, s):
 
 
 def _cone(s, x, a, c):
-    """(inside, w): inside = |x| < c s (decided exactly), w = z^2 = (a/c)^2 (c s - |x|)(c s + |x|) >= 0."""
+    """(inside, w): inside = |x| < c s, w = z^2 = (a/c)^2 (c s - |x|)(c s + |x|) >= 0 (accurate near the cone).
+
+    A point counts as inside when it is below both the exact c s and its rounded product fl(c s): the sampler's
+    atoms sit at fl(c s), which may fall one rounding short of the exact product, and must get speed c.
+    """
     ax = jnp.abs(x)
     cs, cs_err = _two_prod(c, s)
     gap = (cs - ax) + cs_err  # cs - ax is exact when ax is near cs (Sterbenz), so gap is accurate to 1 ulp
-    inside = gap > 0
+    inside = (gap > 0) & (ax < cs)
     ratio = a / c
     w = ratio * ratio * jnp.maximum(gap, 0.0) * (cs + ax)
     return inside, w
@@ -216,6 +220,7 @@ def velocity(s: ArrayLike, x: ArrayLike, a: ArrayLike, c: ArrayLike) -> Array:
         v(s, x) = c x I_1(z) / (r I_0(z) + c s I_1(z)) = a x / (a s + h(z)),   h(z) = z I_0(z) / I_1(z),
 
     for |x| < c s; `sign(x) c` for |x| >= c s (the atoms, and outside the support, as the reference code clamps).
+    The atoms are at the rounded product fl(c s) (where `sample` puts them), even when it is one rounding short.
     Properties: odd in x, |v| < c inside the cone, v -> c a s / (a s + 2) as x -> c s from inside,
     v ~ x / (s + 2/a) for small z. float32 uses the rational form of `h`, float64 the Bessel ratio (module
     docstring).
