@@ -223,9 +223,16 @@ def shard_batch(local_batch: PyTree[Array], mesh: Mesh) -> PyTree[Array]:
     several hosts each process passes only its own rows and gets the global array (rows ordered by process).
     """
 
+    # This process's devices cover `here` of the mesh's `data` positions (all of them if `model` spans hosts).
+    local = {d.id for d in jax.local_devices()}
+    here = len({i for i, row in enumerate(mesh.devices) if any(d.id in local for d in np.ravel(row))})
+    size = mesh.shape[DATA_AXIS]
+
     def put(x):
         x = np.asarray(x) if not isinstance(x, jax.Array) else x
-        shape = (x.shape[0] * jax.process_count(), *x.shape[1:])
+        if x.shape[0] % here:
+            raise ValueError(f"{x.shape[0]} local rows do not split over this process's {here} data shards")
+        shape = (x.shape[0] // here * size, *x.shape[1:])
         return jax.make_array_from_process_local_data(_batch_sharding(mesh, x.ndim), x, shape)
 
     return jax.tree_util.tree_map(put, local_batch)

@@ -24,18 +24,21 @@ from fm_jax import distributed as fd  # noqa: E402
 from fm_jax.checkpoint import TrainingCheckpointer  # noqa: E402
 
 
-def train(steps: int, checkpoint_dir: str | None = None) -> tuple[list[np.ndarray], list[float], slice]:
+def train(steps: int, checkpoint_dir: str | None = None, model_axis: int = 1) -> tuple[list[np.ndarray], list[float],
+                                                                                    slice]:
     """Train `steps` steps on all devices of all processes; (this process's copy of the parameter and optimiser
     leaves, per-step losses, this process's rows of each global batch). With `checkpoint_dir`, save the final
     state there (every process takes part in the save)."""
     path, apply, params, optimizer, loss_fn = problem()
-    mesh = fd.make_mesh()
+    mesh = fd.make_mesh(model=model_axis)
     rows = fd.process_batch_rows(GLOBAL_BATCH, mesh)
     data = dataset()
+    # With a model axis, split every kernel of the tiny MLP (min_shard_size=64) so that the test exercises it.
+    min_size = 64 if model_axis > 1 else 2**18
     state = fd.shard_state(fj.init_train_state(jax.random.key(7), jax.tree_util.tree_map(jnp.copy, params),
-                                               optimizer), mesh)
+                                               optimizer), mesh, min_shard_size=min_size)
     path = fd.replicate(path, mesh)
-    step = fd.make_sharded_train_step(loss_fn, optimizer, mesh)
+    step = fd.make_sharded_train_step(loss_fn, optimizer, mesh, min_shard_size=min_size)
     losses = []
     for s in range(steps):
         mine = batch_rows(s)[rows]  # this process reads only its rows of the global batch
@@ -45,8 +48,10 @@ def train(steps: int, checkpoint_dir: str | None = None) -> tuple[list[np.ndarra
     if checkpoint_dir is not None:
         with TrainingCheckpointer(checkpoint_dir, {"global_batch": GLOBAL_BATCH}, save_every=steps) as ckpt:
             ckpt.save(state)
-    # Replicated arrays: every process can read its local copy.
-    local = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), (state.params, state.opt_state))
+    # Every process gathers the full values (shards split over a model axis may live on other processes).
+    from jax.experimental import multihost_utils
+
+    local = multihost_utils.process_allgather((state.params, state.opt_state), tiled=True)
     return jax.tree_util.tree_leaves(local), losses, rows
 
 
@@ -55,9 +60,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", required=True)
     parser.add_argument("--checkpoint-dir", default=None)
+    parser.add_argument("--model-axis", type=int, default=1)
     args = parser.parse_args()
     process_index, process_count = fd.initialize_from_env(initialization_timeout=60)
-    leaves, losses, rows = train(args.steps, args.checkpoint_dir)
+    leaves, losses, rows = train(args.steps, args.checkpoint_dir, args.model_axis)
     np.savez(os.path.join(args.out, f"process_{process_index}.npz"), losses=np.asarray(losses),
              **{f"leaf_{i}": x for i, x in enumerate(leaves)})
     print(json.dumps({"process": process_index, "processes": process_count, "devices": jax.device_count(),
