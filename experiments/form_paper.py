@@ -335,13 +335,19 @@ def write_table(rows, out, seeds, budget):
         w.writeheader()
         w.writerows(rows)
     md = os.path.join(out, "form_paper.md")
-    head = ["variant", "dataset", "method", "iters", "L2 raw", "L2 / 3e7 (paper unit)", "L2 / c", "paper",
-            "non-finite"]
+    head = ["dataset", "method", "iters", "L2 raw", "L2 / 3e7 (paper unit)", "L2 / c", "paper", "non-finite"]
     lines = [f"# ForM particle experiments: mean paired end-point L2, mean ± std over {seeds} seeds", "",
-             f"Training budget {budget} Adam iterations (lr {LR}) unless noted; paper unit = raw / (c dt) = raw / 3e7.",
-             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        lines.append("| " + " | ".join(str(r[c]) for c in cols[:-1]) + " |")
+             f"Adam lr {LR}; paper unit = raw / (c dt) = raw / 3e7; 'paper' = the published table (same unit).",
+             "Oracle rows: the sampler fed the exact quantities it regresses (no training); 'no motion' = |x1 - x0|."]
+    titles = {"as_published": "As published (official scripts' data, step counts, networks and bugs)",
+              "corrected": f"Corrected (consistent 10-step data and samplers, fixed O1 indexing, tanh networks, "
+                           f"{budget} iterations for every method)"}
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        lines += ["", f"## {titles.get(variant, variant)}", "", "| " + " | ".join(head) + " |",
+                  "|" + "---|" * len(head)]
+        for r in rows:
+            if r["variant"] == variant:
+                lines.append("| " + " | ".join(str(r[c]) for c in cols[1:-1]) + " |")
     with open(md, "w") as f:
         f.write("\n".join(lines) + "\n")
     return md, csv_path
