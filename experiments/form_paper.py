@@ -142,6 +142,16 @@ def _standardise(x, k, norm):
     return (x - mean[k]) / std[k]
 
 
+def o1_indexing_bug_loss(pred, velocities, k):
+    """The official O1 loss: `First_target = dataset.v[:, t].squeeze()` with t of shape (n, 1).
+
+    The target is (n, n, 2) with entry [i, j] = v_i(t_j); `(target - pred).pow(2).sum(dim=1).mean()` sums over j
+    and averages over i and the coordinates, so prediction j is pulled to the mean over samples of the velocity
+    at time t_j, not to its own sample's velocity. pred: (n, 2); velocities: (n, K, 2); k: (n,) step indices.
+    """
+    return jnp.mean(jnp.sum((velocities[:, k] - pred[None]) ** 2, axis=1))
+
+
 def o1_method(as_published: bool):
     act = _identity if as_published else jnp.tanh
 
@@ -159,10 +169,7 @@ def o1_method(as_published: bool):
         rows = jnp.arange(n)
         pred = mlp(params, features(train.positions[rows, k], k, norm), act)
         if as_published:
-            # `dataset.v[:, t].squeeze()` -> (n, n, 2): entry [i, j] = v_i(t_j); the loss sums over j and averages
-            # over i and the coordinates, so prediction j is pulled to the mean velocity at time t_j.
-            bug_target = train.velocities[:, k]
-            return jnp.mean(jnp.sum((bug_target - pred[None]) ** 2, axis=1))
+            return o1_indexing_bug_loss(pred, train.velocities, k)
         return jnp.mean(jnp.sum((train.velocities[rows, k] / sims.C_LIGHT - pred) ** 2, axis=1))
 
     def sample(params, test, norm):

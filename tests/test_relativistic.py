@@ -467,3 +467,17 @@ def test_experiment_smoke():
     l2, traj, true, loss = form_paper.run_seed(jax.random.key(0), dataset="onedot", method="form",
                                                as_published=False, iters=3)
     assert l2.shape == (1200,) and traj.shape == (1200, 11, 2) and np.all(np.isfinite(np.asarray(l2)))
+
+
+def test_o1_indexing_bug_learns_the_mean_velocity():
+    """The as-published O1 loss is minimised by the across-sample mean velocity at each step, not v_i(t_i)."""
+    from experiments import form_paper
+
+    vel = jax.random.normal(jax.random.key(0), (6, 10, 2))
+    k = jnp.array([0, 3, 3, 9, 1, 5])
+    mean_pred = jnp.mean(vel[:, k], axis=0)
+    g = jax.grad(form_paper.o1_indexing_bug_loss)(mean_pred, vel, k)
+    np.testing.assert_allclose(g, 0.0, atol=1e-6)
+    own = vel[jnp.arange(6), k]
+    assert float(form_paper.o1_indexing_bug_loss(own, vel, k)) > float(
+        form_paper.o1_indexing_bug_loss(mean_pred, vel, k))
