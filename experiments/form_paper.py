@@ -387,7 +387,7 @@ def plot_trajectories(trajectories, out, num=25):
             ax.set_title(f"{dataset} · {METHOD_NAMES[method].split(' (')[0]}\n({variant})", fontsize=8)
             ax.tick_params(labelsize=6)
     fig.suptitle("grey: simulated; red: generated; black: true end points (units of c · 1 s)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
     path = os.path.join(out, "form_trajectories.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)
