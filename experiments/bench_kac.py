@@ -82,8 +82,9 @@ def cone_regions(n: int = 200_000, seed: int = 0) -> dict[str, tuple[np.ndarray,
     s4, c4 = f32(s, c)
     out["on the cone (atoms, |x| = cs)"] = f32(s4, sgn * (s4.astype(np.float64) * c4), a, c4)
     grid_s, grid_x = np.meshgrid(np.geomspace(1e-6, 100.0, 500), np.linspace(-1.0, 1.0, 401))
-    out["grid a=9, c=3"] = f32(grid_s.ravel(), 3.0 * grid_s.ravel() * grid_x.ravel(), np.full(grid_s.size, 9.0),
-                               np.full(grid_s.size, 3.0))
+    out["grid a=9, c=3"] = f32(
+        grid_s.ravel(), 3.0 * grid_s.ravel() * grid_x.ravel(), np.full(grid_s.size, 9.0), np.full(grid_s.size, 3.0)
+    )
     return out
 
 
