@@ -478,7 +478,7 @@ def ko_schedule(
     if not np.all(np.isfinite(gamma[:-1])):
         raise ValueError("lam returned non-finite values")
     # At theta = pi/2 Eq. 27 is 0 * inf (tan(pi/2) is finite but huge in floating point): extrapolate linearly.
-    gamma[-1] = 2.0 * gamma[-2] - gamma[-3]
+    gamma[-1] = min(max(2.0 * gamma[-2] - gamma[-3], 0.0), 1.0)
     if gamma.min() < -1e-3:
         k = int(np.argmin(gamma))
         raise ValueError(
