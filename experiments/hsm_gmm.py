@@ -213,19 +213,24 @@ def part3(args, force_apply, theta_dsm_warm):
     return rows
 
 
-def plot(rows, path):
+def plot(rows, path, n_samples=None):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     sig = [r["sigma"] for r in rows]
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for key, label in [("dsm", "DSM"), ("hsm_learned_v", "HSM, learned V"), ("hsm_oracle_v", "HSM, oracle V")]:
         ax.plot(sig, [max(r[key], 1e-6) for r in rows], "o-", label=label)
     ax.axhline(max(rows[0]["esm"], 1e-6), color="gray", ls="--", label="explicit SM (no noise)")
+    if n_samples:
+        ax.axhline(1.0 / n_samples, color="gray", ls=":", label="noise floor 1/N")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_xticks(sig, [f"{v:g}" for v in sig])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("noise level sigma (HSM: horizon T)")
     ax.set_ylabel("single-example gradient SNR")
     ax.set_title("Gradient SNR on a 2-D Gaussian mixture")
@@ -303,7 +308,7 @@ def main(argv=None):
         json.dump(res, f, indent=1, default=float)
     with open(os.path.join(args.out, "hsm_gmm.md"), "w") as f:
         f.write(markdown(res))
-    plot(rows3, os.path.join(args.out, "snr.png"))
+    plot(rows3, os.path.join(args.out, "snr.png"), args.snr_samples)
     print(markdown(res))
     print(f"total {res['seconds']:.0f} s; wrote {args.out}/hsm_gmm.md, hsm_gmm.json, snr.png")
     return res
