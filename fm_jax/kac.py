@@ -64,6 +64,11 @@ def _float_dtype(*args):
     return jnp.result_type(*args, float)
 
 
+def _compute_dtype(dtype):
+    """float64 stays float64; float32 and narrower floats are computed in float32 (and cast back)."""
+    return jnp.float64 if dtype == jnp.float64 else jnp.float32
+
+
 def _check_params(s=None, a=None, c=None):
     """ValueError for a <= 0, c <= 0 or s < 0 (only where the values are concrete)."""
     for value, name, strict in ((a, "a (switching rate)", True), (c, "c (speed)", True), (s, "s (Kac clock)", False)):
@@ -193,7 +198,8 @@ def density(s: ArrayLike, x: ArrayLike, a: ArrayLike, c: ArrayLike) -> Array:
     """
     _check_params(s=s, a=a, c=c)
     dtype = _float_dtype(s, x, a, c)
-    return _density(*(jnp.asarray(v, dtype) for v in (s, x, a, c)))
+    work = _compute_dtype(dtype)
+    return _density(*(jnp.asarray(v, work) for v in (s, x, a, c))).astype(dtype)
 
 
 @jax.jit
@@ -232,7 +238,8 @@ def velocity(s: ArrayLike, x: ArrayLike, a: ArrayLike, c: ArrayLike) -> Array:
     """
     _check_params(s=s, a=a, c=c)
     dtype = _float_dtype(s, x, a, c)
-    return _velocity(*(jnp.asarray(v, dtype) for v in (s, x, a, c)))
+    work = _compute_dtype(dtype)
+    return _velocity(*(jnp.asarray(v, work) for v in (s, x, a, c))).astype(dtype)
 
 
 @jax.jit
@@ -255,7 +262,7 @@ def variance(s: ArrayLike, a: ArrayLike, c: ArrayLike) -> Array:
     """
     _check_params(s=s, a=a, c=c)
     dtype = _float_dtype(s, a, c)
-    s, a, c = (jnp.asarray(v, dtype) for v in (s, a, c))
+    s, a, c = (jnp.asarray(v, _compute_dtype(dtype)) for v in (s, a, c))
     u = 2.0 * a * s
     small = u < 1.0
     ub = jnp.maximum(u, 1.0)
@@ -265,7 +272,7 @@ def variance(s: ArrayLike, a: ArrayLike, c: ArrayLike) -> Array:
     phi_small = jnp.zeros_like(us)
     for k in range(17, -1, -1):
         phi_small = phi_small * (-us) + 1.0 / math.factorial(k + 2)
-    return 2.0 * c * c * s * s * jnp.where(small, phi_small, phi_big)
+    return (2.0 * c * c * s * s * jnp.where(small, phi_small, phi_big)).astype(dtype)
 
 
 def sample(key: Key, s: ArrayLike, a: ArrayLike, c: ArrayLike, shape: tuple[int, ...] = ()) -> Array:
@@ -292,8 +299,9 @@ def sample(key: Key, s: ArrayLike, a: ArrayLike, c: ArrayLike, shape: tuple[int,
     """
     _check_params(s=s, a=a, c=c)
     dtype = _float_dtype(s, a, c)
+    work = _compute_dtype(dtype)
     shape = tuple(shape)
-    return _sample(key, *(jnp.broadcast_to(jnp.asarray(v, dtype), shape) for v in (s, a, c)), shape=shape)
+    return _sample(key, *(jnp.broadcast_to(jnp.asarray(v, work), shape) for v in (s, a, c)), shape=shape).astype(dtype)
 
 
 def _gamma_at_least_one(key: Key, shape_param: Array) -> Array:

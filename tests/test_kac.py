@@ -409,3 +409,13 @@ def test_bad_parameters_raise(call):
         call(9.0, 3.0, np.array([0.5, -0.1]))
     with pytest.raises(ValueError, match="a \\(switching rate\\)"):
         kac.atom_mass(0.5, -2.0)
+
+
+def test_narrow_float_inputs_are_computed_in_float32():
+    s, x = jnp.bfloat16(0.5), jnp.bfloat16(0.3)
+    v = kac.velocity(s, x, 9.0, 3.0)
+    assert v.dtype == jnp.bfloat16
+    ref = float(kac.velocity(np.float32(s), np.float32(x), 9.0, 3.0))
+    assert abs(float(v) - ref) <= 2**-8 * abs(ref)  # one bfloat16 rounding of the float32 result
+    assert kac.density(s, x, 9.0, 3.0).dtype == jnp.bfloat16
+    assert kac.variance(jnp.float16(1.0), 9.0, 3.0).dtype == jnp.float16
