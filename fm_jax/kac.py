@@ -25,12 +25,16 @@ Numerics (why the code looks the way it does):
   like `1 / sqrt(1 - |x| / (c s))` when `a s` is large.
 - float32 velocity: `h(z) = 1/2 + sqrt(w + q(w))` with a (5, 5) rational minimax fit `q` (weighted relative
   error of `h` below 1e-7 on z in [0, 1e4]; `q` runs from 9/4 at z = 0 to 3/4 as z -> inf, the Amos-bound
-  form `I_1/I_0 ~ z / (1/2 + sqrt(z^2 + q))`). It costs one division and one square root instead of two
-  Chebyshev-series Bessel evaluations (`i0e`, `i1e`: about 2.2x slower on CPU) at float32 accuracy
-  (measured max relative error vs a float64 Bessel evaluation ~3e-7). Its derivative is the derivative of this
-  smooth fit (the square root's argument is >= 3/4, the rational's denominator >= 1): no special rule needed.
+  form `I_1/I_0 ~ z / (1/2 + sqrt(z^2 + q))`). Why: it costs one division and one square root where
+  `z i0e(z) / i1e(z)` evaluates two Chebyshev series on two branches each; on the 2-core CI CPU the jitted
+  float32 velocity runs ~5-9x faster than that plain form (`experiments/bench_kac.py` measures both) at
+  float32 accuracy (max relative error vs a float64 SciPy evaluation ~3e-7 over the whole cone). Its
+  derivative has its own rule (`custom_jvp`): dh/dw = (1 + q'(w)) / (2 sqrt(w + q)), with q' from its own
+  Horner recurrence, because reverse-mode differentiation of the rational's Horner loops loses ~1e-4 in float32.
 - float64 velocity and all densities: exponentially scaled Bessel functions `i0e`, `i1e` for `z >= 0.1` and
-  their Taylor series (to w^4) below, accurate to ~1e-15 relative.
+  their Taylor series (to w^4) below, accurate to ~1e-15 relative. float16/bfloat16 inputs are computed in
+  float32 and the result cast back.
+- Atoms sit at the rounded product fl(c s) (where `sample` puts them); `velocity` gives them speed c exactly.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ _Q_NUM = (
 )
 _Q_DEN = (1.0, 2.2692059649967784, 1.9701092206211095, 0.8115920882910196, 0.1577931650311652, 0.00235588285507348)
 _W_SCALE = 10.0
-_W_CLAMP = 1e8  # q is within 5e-3 of its limit 3/4 beyond z = 1e4, where its effect on h is < 1e-11 relative
+_W_CLAMP = 1e8  # beyond z = 1e4, q is held at its value there (1e-4 from exact): h changes by < 1e-12 relative
 _W_SERIES = 1e-2  # below this w (z < 0.1) the Bessel functions are replaced by their Taylor series
 
 
