@@ -75,10 +75,11 @@ def check_normalised(data: Array, tol: float = 1e-2, name: str = "data") -> None
     """Raise ValueError unless (1/d)||mean||^2 <= tol^2 and |(1/d) mean ||x||^2 - 1| <= tol (concrete data only)."""
     if not is_concrete(data):
         return
-    flat = np.asarray(data, dtype=np.float64).reshape(np.shape(data)[0], -1)
+    # Reductions in the data's own precision: no float64 copy of a large dataset (the tolerance is loose).
+    flat = jnp.asarray(data).reshape(jnp.shape(data)[0], -1)
     d = flat.shape[1]
-    mean_sq = float(np.sum(flat.mean(axis=0) ** 2) / d)
-    second = float(np.mean(np.sum(flat**2, axis=1)) / d)
+    mean_sq = float(jnp.sum(jnp.mean(flat, axis=0) ** 2) / d)
+    second = float(jnp.mean(jnp.sum(flat**2, axis=1)) / d)
     if not np.isfinite(second):
         raise ValueError(f"{name} contains non-finite values")
     if mean_sq > tol**2 or abs(second - 1.0) > tol:
