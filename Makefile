@@ -33,3 +33,9 @@ lint: $(STAMP)
 
 clean:
 	rm -rf results workdir .pytest_cache
+
+compare: $(STAMP)
+	$(BIN)/python -m experiments.compare --budget default --out results
+
+compare-quick: $(STAMP)
+	$(BIN)/python -m experiments.compare --budget quick --out results/quick

@@ -75,6 +75,8 @@ DATASETS: dict[str, Callable] = {
     "spirals": toy.two_spirals,
     "circles": toy.circles,
     "grid": toy.gaussian_grid,
+    # The Kac paper's 2-D experiment: a 3×3 grid of near-Dirac modes.
+    "grid_dirac": lambda key, n: toy.gaussian_grid(key, n, std=1e-2),
 }
 
 SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {

@@ -126,6 +126,7 @@ def integrate(
     return jax.tree_util.tree_map(lambda y: y[0], sol.ys), nfe, None, None
 
 
+@eqx.filter_jit
 def sample(
     key: Key,
     path: AbstractPath,
@@ -149,6 +150,9 @@ def sample(
         solver, num_steps, rtol, atol, save_trajectory: as in `integrate`.
     Returns:
         `SampleResult(samples (n, *d), state, nfe, trajectory, ts)`.
+
+    Compiled once per (apply, shapes, solver, step count): the path and params are traced arguments, so new
+    parameters or hyper-parameter values reuse the compiled sampler.
     """
     keys = jax.random.split(key, num_samples)
     z0 = jax.vmap(lambda k: path.sample_source(k, tuple(data_shape)))(keys)
@@ -166,6 +170,7 @@ def _divergence(f: Callable[[Array], Array], x: Array) -> Array:
     return jnp.trace(jac)
 
 
+@eqx.filter_jit
 def log_likelihood(
     path: AbstractPath,
     apply: Callable,
