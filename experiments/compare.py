@@ -39,7 +39,7 @@ EULER_STEPS = [2, 4, 8, 16, 32, 100]
 BUDGETS = {
     # steps: training steps per toy run; mnist_steps: U-Net steps per MNIST run (0: skip MNIST).
     "default": dict(steps=1500, seeds=3, num_samples=1000, loglik_samples=200, mnist_steps=500, mnist_seeds=3),
-    "quick": dict(steps=300, seeds=1, num_samples=500, loglik_samples=0, mnist_steps=100, mnist_seeds=1),
+    "quick": dict(steps=600, seeds=1, num_samples=500, loglik_samples=0, mnist_steps=100, mnist_seeds=1),
 }
 FIELDS = ["path", "dataset", "seed", "solver", "steps", "nfe", "w2", "mmd", "energy", "kinetic_energy",
           "straightness", "log_likelihood", "mnist_fid", "train_seconds"]
@@ -136,7 +136,8 @@ def _mean_std(values) -> str:
     v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
     if v.size == 0:
         return "–"
-    return f"{v.mean():.3f} ± {v.std():.3f}" if v.size > 1 else f"{v.mean():.3f}"
+    digits = 0 if np.all(v == np.round(v)) else 3  # NFE and step counts are integers
+    return f"{v.mean():.{digits}f} ± {v.std():.{digits}f}" if v.size > 1 else f"{v.mean():.{digits}f}"
 
 
 def write_outputs(rows, grids, out, budget_name):
