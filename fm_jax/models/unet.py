@@ -149,6 +149,7 @@ class UNet(nnx.Module):
         rngs: nnx.Rngs,
     ):
         out_channels = in_channels if out_channels is None else out_channels
+        attention_resolutions = tuple(attention_resolutions)
         levels = len(channel_mult)
         if levels < 1 or num_res_blocks < 1:
             raise ValueError(f"need at least one level and one residual block, got {channel_mult}, {num_res_blocks}")
@@ -156,6 +157,14 @@ class UNet(nnx.Module):
             raise ValueError(f"image_size {image_size} is not divisible by 2^{levels - 1} ({levels} levels)")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        # Validate every width before creating any parameter (creation is the slow part).
+        for level, mult in enumerate(channel_mult):
+            width = channels * mult
+            if channels % min(num_groups, channels) or width % min(num_groups, width):
+                raise ValueError(f"GroupNorm: {channels} or {width} channels do not split into {num_groups} groups")
+            has_attention = image_size // 2**level in attention_resolutions or level == levels - 1
+            if has_attention and width % num_heads:
+                raise ValueError(f"attention: {width} channels do not split into {num_heads} heads")
         time_features = channels if time_features is None else time_features
         if time_features % 2:
             raise ValueError(f"time_features must be even, got {time_features}")
@@ -166,7 +175,6 @@ class UNet(nnx.Module):
         kw = dict(dtype=dtype, rngs=rngs)
         block = lambda i, o: ResBlock(i, o, emb, dropout=dropout, num_groups=num_groups, **kw)  # noqa: E731
         attn = lambda c: AttentionBlock(c, num_heads=num_heads, num_groups=num_groups, **kw)  # noqa: E731
-        attention_resolutions = tuple(attention_resolutions)
 
         self.time_in = nnx.Linear(time_features, emb, **kw)
         self.time_out = nnx.Linear(emb, emb, **kw)

@@ -1,0 +1,7 @@
+"""MNIST-5k (CPU) with the ForM generative (relativistic force-matching) path."""
+
+from experiments.configs.image_base import mnist
+
+
+def get_config():
+    return mnist("form")

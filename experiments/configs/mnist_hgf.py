@@ -1,0 +1,7 @@
+"""MNIST-5k (CPU) with the Oscillation Hamiltonian generative flow (harmonic force)."""
+
+from experiments.configs.image_base import mnist
+
+
+def get_config():
+    return mnist("hgf")

@@ -1,0 +1,7 @@
+"""MNIST-5k (CPU) with the kinetic-optimal path (Shaul et al., KO paths paper)."""
+
+from experiments.configs.image_base import mnist
+
+
+def get_config():
+    return mnist("ko")

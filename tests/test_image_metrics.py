@@ -1,0 +1,155 @@
+"""Image metrics: Fréchet distance against scipy and closed forms, FID of identical sets, the reference-statistics
+cache, the MNIST-classifier cache, Hutchinson vs exact divergence and likelihood, bits/dim."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+import fm_jax as fj
+from fm_jax import image_metrics as M
+
+
+def _random_spd(rng, d):
+    a = rng.normal(size=(d, d))
+    return a @ a.T / d + 0.1 * np.eye(d)
+
+
+def test_frechet_distance_matches_scipy_sqrtm():
+    rng = np.random.default_rng(0)
+    for d in (1, 3, 8):
+        mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+        s1, s2 = _random_spd(rng, d), _random_spd(rng, d)
+        root = scipy.linalg.sqrtm(s1 @ s2).real
+        expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * root)
+        with jax.enable_x64(True):
+            got = float(M.frechet_distance(mu1, s1, mu2, s2))
+        # Both are float64 evaluations of the same quantity: agreement to rounding (well-conditioned matrices).
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-10)
+
+
+def test_frechet_distance_closed_forms():
+    a, b = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    with jax.enable_x64(True):
+        # Commuting (diagonal) covariances: ||Δμ||² + Σ (√a − √b)².
+        got = float(M.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)))
+        same = float(M.frechet_distance(mu1, np.diag(a), mu1, np.diag(a)))
+    np.testing.assert_allclose(got, 5.0 + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2), rtol=1e-12)
+    assert abs(same) < 1e-12
+    with pytest.raises(ValueError, match="shapes"):
+        M.frechet_distance(mu1, np.eye(3), mu2[:2], np.eye(2))
+
+
+def test_fid_identical_sets_is_zero_and_sees_a_shift():
+    key = jax.random.key(0)
+    proj = jax.random.normal(key, (4 * 4 * 1, 6))
+    features = lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ proj)  # noqa: E731 (any feature network)
+    images = np.asarray(jax.random.uniform(jax.random.key(1), (300, 4, 4, 1), minval=-1, maxval=1))
+    ref = M.feature_statistics(features, images, batch_size=128)
+    assert ref.count == 300 and ref.cov.shape == (6, 6)
+    # Same images: FID 0 up to float32 features and the eigen-decomposition's rounding.
+    assert abs(M.fid(features, images, ref, batch_size=128)) < 1e-4
+    shifted = np.clip(images + 0.5, -1, 1)
+    assert M.fid(features, shifted, ref) > 0.1
+    assert math.isnan(M.fid(features, np.full_like(images, np.nan), ref))
+
+
+def test_reference_statistics_cache(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return M.feature_statistics_from_features(np.random.default_rng(len(calls)).normal(size=(50, 3)))
+
+    f = str(tmp_path / "ref.npz")
+    a = M.cached_reference_statistics(f, "data/v1", compute)
+    b = M.cached_reference_statistics(f, "data/v1", compute)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(a.mean, b.mean)
+    np.testing.assert_array_equal(a.cov, b.cov)
+    c = M.cached_reference_statistics(f, "data/v2", compute)  # another fingerprint: stale cache recomputed
+    assert len(calls) == 2 and not np.array_equal(a.mean, c.mean)
+
+
+def test_mnist_classifier_trains_and_caches(tmp_path, monkeypatch):
+    data_dir, work = str(tmp_path / "tfds"), str(tmp_path / "work")
+    net = M.mnist_feature_fn(work, data_dir=data_dir, steps=30)
+    assert 0.0 <= net.accuracy <= 1.0
+    x = jnp.zeros((3, 28, 28, 1))
+    assert net.features(x).shape == (3, 64)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached classifier should have been reused")
+
+    monkeypatch.setattr(M, "train_mnist_classifier", no_training)
+    again = M.mnist_feature_fn(work, data_dir=data_dir, steps=30)
+    assert again.fingerprint == net.fingerprint and again.accuracy == net.accuracy
+    np.testing.assert_allclose(again.features(x), net.features(x), atol=1e-6)
+
+
+def test_inception_needs_a_weights_file(tmp_path, monkeypatch):
+    missing = str(tmp_path / "inception.npz")
+    with pytest.raises(FileNotFoundError, match="inception.npz"):
+        M.inception_feature_fn(missing)
+    monkeypatch.setenv(M.INCEPTION_WEIGHTS_ENV, missing)
+    assert M.default_inception_weights_path() == missing
+    (tmp_path / "inception.npz").write_bytes(b"")
+    with pytest.raises(NotImplementedError, match="fid_from_features"):
+        M.inception_feature_fn()
+
+
+def test_hutchinson_estimator_is_unbiased():
+    """Mean of n Rademacher probes vs the exact trace, within 5 standard errors (per-probe variance for a
+    Jacobian A: Σ_{i≠j} A_ij (A_ij + A_ji), computed here exactly)."""
+    with jax.enable_x64(True):
+        a = jax.random.normal(jax.random.key(0), (5, 5), jnp.float64)
+        f = lambda x: jnp.tanh(a @ x) + 0.3 * x**2  # noqa: E731
+        x = jnp.linspace(-0.5, 0.5, 5)
+        exact = float(M.exact_divergence(f, x))
+        jac = np.asarray(jax.jacfwd(f)(x))
+        np.testing.assert_allclose(exact, np.trace(jac), rtol=1e-12)
+        off = jac - np.diag(np.diag(jac))
+        var = float(np.sum(off * (off + off.T)))
+        n = 20_000
+        est = float(M.hutchinson_divergence(jax.random.key(1), f, x, num_probes=n))
+        assert abs(est - exact) < 5 * math.sqrt(var / n), (est, exact, math.sqrt(var / n))
+        # Diagonal Jacobian: Rademacher probes are exact with one probe.
+        g = lambda x: jnp.sin(x) * jnp.arange(1.0, 6.0)  # noqa: E731
+        np.testing.assert_allclose(float(M.hutchinson_divergence(jax.random.key(2), g, x)),
+                                   float(M.exact_divergence(g, x)), rtol=1e-12)
+
+
+def _diagonal_model(params, z, t):
+    """u(z, t) = (a + b t) ⊙ z: a per-example model with a diagonal Jacobian (Hutchinson is exact for it)."""
+    return z * (params["a"] + params["b"] * jnp.reshape(t, (-1,) + (1,) * (z.ndim - 1)))
+
+
+def test_hutchinson_likelihood_matches_exact_and_closed_form():
+    """For u = (a + b t) z the flow is z_t = z_0 exp(a t + b t²/2), so
+    log p_1(x) = log N(x e^{−(a + b/2)}; 0, I) − Σ (a + b/2) — the exact and Hutchinson likelihoods must agree."""
+    with jax.enable_x64(True):
+        d = 4
+        params = {"a": jnp.linspace(-0.5, 0.5, d), "b": jnp.linspace(0.3, -0.2, d)}
+        path = fj.paths.AffinePath(fj.paths.CondOT())
+        x = jax.random.normal(jax.random.key(0), (6, d), jnp.float64)
+        k = params["a"] + params["b"] / 2
+        z0 = x * jnp.exp(-k)
+        closed = -0.5 * jnp.sum(z0**2, -1) - 0.5 * d * math.log(2 * math.pi) - jnp.sum(k)
+        hutch, _ = M.log_likelihood_hutchinson(jax.random.key(1), path, _diagonal_model, params, x, rtol=1e-9,
+                                               atol=1e-9)
+        exact, _ = fj.sampling.log_likelihood(path, _diagonal_model, params, x, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(exact, closed, rtol=1e-7)  # adaptive Tsit5 at 1e-9
+        np.testing.assert_allclose(hutch, exact, rtol=1e-9)  # same solve, exact divergence for diagonal Jacobians
+        bpd, _ = M.model_bits_per_dim(jax.random.key(1), path, _diagonal_model, params, x, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(bpd, M.bits_per_dim(closed, d), rtol=1e-7)
+
+
+def test_bits_per_dim_of_uniform_is_log2_levels():
+    d = 784
+    # Uniform on [−1, 1]^d has log p = −d log 2: 8 bits for 256 levels, log2(17) for 17.
+    np.testing.assert_allclose(M.bits_per_dim(jnp.asarray(-d * math.log(2.0)), d, 256), 8.0, rtol=1e-6)
+    np.testing.assert_allclose(M.bits_per_dim(jnp.asarray(-d * math.log(2.0)), d, 17), math.log2(17), rtol=1e-6)
