@@ -3,6 +3,7 @@ items 13-16), and the equivalence of the zero-force HGFs with affine paths."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import diffrax
@@ -362,18 +363,22 @@ def test_hmc_invariance_mixture_with_true_score_via_importance_sampling():
         log_density, _ = _gmm()
         score = jax.grad(log_density)
         xs = jnp.array([[-1.0, 0.3], [0.8, 0.2], [0.1, -1.0]])
-        tau, M = 0.4, 8192
+        tau, M = 0.4, 4096
         keys = jax.random.split(jax.random.key(8), xs.shape[0])
-        true = H.ScoreForce(log_density)
-        post = jax.vmap(
-            lambda k, x: H.hamiltonian_velocity_posterior(k, true, log_density, x, tau, n_velocities=M, n_steps=16)
-        )(keys, xs)
+
+        @functools.partial(jax.jit, static_argnums=1)
+        def posterior(force, n_steps, tau):
+            return jax.vmap(
+                lambda k, x: H.hamiltonian_velocity_posterior(
+                    k, force, log_density, x, tau, n_velocities=M, n_steps=n_steps
+                )
+            )(keys, xs)
+
+        post = posterior(H.ScoreForce(log_density), 16, tau)
         # sd of a self-normalised IS mean of unit-variance velocities ~ 1/sqrt(M) (weights are near uniform).
         assert float(jnp.max(jnp.abs(post[0]))) < 5 / math.sqrt(M), post
         wrong = H.ScoreForce(log_density, scale=0.5)  # F - grad log pi = -0.5 grad log pi
-        post = jax.vmap(
-            lambda k, x: H.hamiltonian_velocity_posterior(k, wrong, log_density, x, 0.1, n_velocities=M, n_steps=8)
-        )(keys, xs)
+        post = posterior(wrong, 8, 0.1)
         expected = jax.vmap(lambda x: 0.1 * (-0.5) * score(x))(xs)
         # O(tau^2) remainder: allow 20 % of the leading term plus 5 MC sd.
         np.testing.assert_allclose(post[0], expected, atol=float(0.2 * jnp.abs(expected).max() + 5 / math.sqrt(M)))
@@ -386,8 +391,12 @@ def test_importance_sampling_hvp_matches_linear_gaussian_closed_form():
         force = H.HarmonicForce(math.sqrt(k))
         xs = jnp.array([[0.5, -0.2], [-1.0, 0.8]])
         M = 8192
-        post = jax.vmap(
-            lambda kk, x: H.hamiltonian_velocity_posterior(kk, force, log_density, x, tau, n_velocities=M, n_steps=64)
+        post = jax.jit(
+            jax.vmap(
+                lambda kk, x: H.hamiltonian_velocity_posterior(
+                    kk, force, log_density, x, tau, n_velocities=M, n_steps=64
+                )
+            )
         )(jax.random.split(jax.random.key(9), 2), xs)
         beta, _ = H.linear_force_gaussian_hvp(k, s2, tau)
         np.testing.assert_allclose(post[0], beta * xs, atol=5 / math.sqrt(M) + 1e-3)  # MC + O(h^2)
@@ -409,9 +418,11 @@ def test_hsd_estimator_matches_closed_form_and_small_time_formula():
         x0 = math.sqrt(s2) * jax.random.normal(jax.random.key(10), (512, 2))
         log_density = lambda x: -0.5 * jnp.sum(x**2) / s2  # noqa: E731
         force = H.HarmonicForce(math.sqrt(k))
-        est = H.hamiltonian_score_discrepancy(
-            jax.random.key(11), force, log_density, x0, T, n_tau=6, n_velocities=512, n_steps=16
-        )
+        est = jax.jit(
+            lambda key: H.hamiltonian_score_discrepancy(
+                key, force, log_density, x0, T, n_tau=6, n_velocities=512, n_steps=16
+            )
+        )(jax.random.key(11))
         exact = H.linear_force_gaussian_hsd(k, s2, T, 2)
         # Relative MC error of a mean over 512 points of a chi^2-like quantity ~ sqrt(2/512) ~ 6 %; allow 20 %.
         np.testing.assert_allclose(est, exact, rtol=0.2)
