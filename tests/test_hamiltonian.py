@@ -244,6 +244,18 @@ def test_verlet_second_order_convergence():
             assert np.all(np.abs(orders - 2.0) < 0.1), (errs, orders)  # second order: halving h quarters the error
 
 
+def test_hamiltonian_flow_takes_other_diffrax_solvers():
+    # Semi-implicit Euler (diffrax's symplectic first-order solver) through the same driver: first order.
+    with x64():
+        x0, v0 = jnp.array([1.0, -0.4]), jnp.array([0.5, 1.2])
+        xe, ve = H.oscillation_state(x0, v0, 1.0, 1.0)
+        errs = []
+        for n in [32, 64]:
+            x, v = H.hamiltonian_flow(H.HarmonicForce(1.0), x0, v0, 1.0, n_steps=n, solver=diffrax.SemiImplicitEuler())
+            errs.append(float(jnp.abs(x - xe).max() + jnp.abs(v - ve).max()))
+        assert 1.8 < errs[0] / errs[1] < 2.2, errs  # halving h halves the error
+
+
 def test_verlet_energy_drift_is_bounded_and_scales_as_h_squared():
     with x64():
         x0, v0 = jnp.array([1.0, -0.4]), jnp.array([0.5, 1.2])
