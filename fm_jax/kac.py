@@ -27,7 +27,7 @@ Numerics (why the code looks the way it does):
   error of `h` below 1e-7 on z in [0, 1e4]; `q` runs from 9/4 at z = 0 to 3/4 as z -> inf, the Amos-bound
   form `I_1/I_0 ~ z / (1/2 + sqrt(z^2 + q))`). Why: it costs one division and one square root where
   `z i0e(z) / i1e(z)` evaluates two Chebyshev series on two branches each; on the 2-core CI CPU the jitted
-  float32 velocity runs ~5-9x faster than that plain form (`experiments/bench_kac.py` measures both) at
+  float32 velocity runs ~5x faster than that plain form (`experiments/bench_kac.py` measures both) at
   float32 accuracy (max relative error vs a float64 SciPy evaluation ~3e-7 over the whole cone). Its
   derivative has its own rule (`custom_jvp`): dh/dw = (1 + q'(w)) / (2 sqrt(w + q)), with q' from its own
   Horner recurrence, because reverse-mode differentiation of the rational's Horner loops loses ~1e-4 in float32.
