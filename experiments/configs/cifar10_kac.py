@@ -4,4 +4,4 @@ from experiments.configs.image_base import cifar10
 
 
 def get_config():
-    return cifar10("kac")
+    return cifar10("kac_a25_c2")  # the paper's CIFAR-10 setting a = 25, c = 2
