@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from experiments import registry
@@ -70,3 +71,17 @@ def test_main_job_writes_table_csv_and_plot(tmp_path):
     assert "| cond_ot | moons | euler100 |" in table and "| vp | moons | dopri5 |" in table
     assert (tmp_path / "toy_table.csv").exists() and (tmp_path / "toy_samples.png").stat().st_size > 1000
     assert "table:" in out.stdout
+
+
+def test_compare_writes_table_csv_and_plots(tmp_path):
+    from experiments import compare
+
+    budget = dict(steps=20, seeds=2, num_samples=64, loglik_samples=8, mnist_steps=0, mnist_seeds=0)
+    rows, grids = compare.run_toys(["cond_ot"], ["grid_dirac"], budget, str(tmp_path), progress=False)
+    assert len(rows) == 2 * (2 * len(compare.EULER_STEPS) + 1)
+    assert {r["nfe"] for r in rows if r["solver"] == "heun"} == {2 * max(s // 2, 1) for s in compare.EULER_STEPS}
+    assert all(r["log_likelihood"] is not None and np.isfinite(r["log_likelihood"]) for r in rows)
+    md = compare.write_outputs(rows, grids, str(tmp_path), "test")
+    text = open(md).read()
+    assert "## grid_dirac" in text and "| cond_ot |" in text and "±" in text
+    assert (tmp_path / "compare.csv").exists() and (tmp_path / "compare_grid_dirac.png").exists()
