@@ -15,7 +15,7 @@ Architecture (Ho et al. 2020; Dhariwal & Nichol 2021 "ADM"; Song et al. 2021 "DD
 Sizes: `UNet.cifar10(...)` is the CIFAR-10 model of the papers (128 channels, multipliers (1, 2, 2, 2), 2 residual
 blocks, attention at 16×16, 4 heads, dropout 0.1: 38.3 M parameters with this block design); a CPU-sized MNIST
 model is e.g. channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(7,), num_groups=4
-(0.19 M parameters, ~0.14 GFLOP per 28×28 image forward).
+(0.30 M parameters, ~0.14 GFLOP per 28×28 image forward).
 
 Dropout: masks come from the model's `nnx.Rngs`. `as_apply` freezes that RNG state, so with `dropout > 0` every
 call of the resulting `apply` draws the same masks; sample from a model switched to `model.eval()` (no dropout).
