@@ -4,11 +4,19 @@ Time runs from the source (t = 0) to the data (t = 1). Paths live in `fm_jax.pat
 losses, metrics and models are shared by all of them.
 """
 
+from . import checkpoint as checkpoint
 from . import data as data
+from . import distributed as distributed
+from . import hamiltonian as hamiltonian
+from . import hsm as hsm
+from . import image_metrics as image_metrics
+from . import kac as kac
+from . import kinetic as kinetic
 from . import losses as losses
 from . import metrics as metrics
 from . import models as models
 from . import paths as paths
+from . import relativistic as relativistic
 from . import sampling as sampling
 from . import training as training
 from .losses import flow_matching_loss as flow_matching_loss

@@ -62,7 +62,9 @@ class MLP(nnx.Module):
 
     def __call__(self, z: PyTree[Array], t: Array) -> Array:
         h = flatten_state(z)
-        t = jnp.broadcast_to(jnp.asarray(t, h.dtype), (h.shape[0],))
+        # The embedding is computed in float32 (or wider) even under bfloat16 compute: angles reach 2π·64·t,
+        # and a bfloat16 angle of that size is off by up to a radian.
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.promote_types(h.dtype, jnp.float32)), (h.shape[0],))
         h = jnp.concatenate([h, fourier_time_embedding(t, self.time_features).astype(h.dtype)], axis=-1)
         for layer in self.hidden_layers:
             h = nnx.silu(layer(h))

@@ -28,8 +28,8 @@ from .kac import IdentityClock as IdentityClock
 from .kac import KacPath as KacPath
 from .kac import LinearSignal as LinearSignal
 from .kac import QuadraticClock as QuadraticClock
+from .kinetic_optimal import KineticOptimal as KineticOptimal
+from .kinetic_optimal import ko_path as ko_path
 from .relativistic import ForcePath as ForcePath
 from .relativistic import NewtonianSecondOrderPath as NewtonianSecondOrderPath
 from .relativistic import PhaseState as PhaseState
-from .kinetic_optimal import KineticOptimal as KineticOptimal
-from .kinetic_optimal import ko_path as ko_path
