@@ -107,9 +107,10 @@ def fid_from_features(features: Array, reference: FeatureStatistics) -> float:
 
 
 def fid(feature_fn: FeatureFn, images: Array, reference: FeatureStatistics, batch_size: int = 500) -> float:
-    """FID of images (n, H, W, C) in [−1, 1] against reference statistics of the same feature network.
+    """FID of images (n, H, W, C) against reference statistics of the same feature network.
 
-    Non-finite images give NaN (a diverged sampler), not an exception.
+    Images are clipped to [−1, 1] (the data range) first; non-finite images give NaN (a diverged sampler), not an
+    exception.
     """
     images = np.asarray(images)
     if not np.all(np.isfinite(images)):
