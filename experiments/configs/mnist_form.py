@@ -4,4 +4,4 @@ from experiments.configs.image_base import mnist
 
 
 def get_config():
-    return mnist("form")
+    return mnist("form_mnist")  # one particle per image, c = 8·sqrt(784)
