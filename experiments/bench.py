@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import inspect
 import json
 import math
 import os
@@ -158,7 +159,7 @@ def torch_reference(quick: bool) -> dict | None:
     torch.manual_seed(0)
     net = Net()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x1 = torch.as_tensor(np.asarray(fj.data.toy.half_moons(jax.random.key(0), BATCH)))
+    x1 = torch.as_tensor(np.array(fj.data.toy.half_moons(jax.random.key(0), BATCH)))
 
     def one_step():
         t = torch.rand(BATCH)
@@ -227,7 +228,7 @@ def main(argv=None):
             mod = importlib.import_module(module)
         except ImportError:
             continue
-        report[name] = mod.run(quick=args.quick)
+        report[name] = mod.run(quick=args.quick) if "quick" in inspect.signature(mod.run).parameters else mod.run()
 
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
