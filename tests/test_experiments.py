@@ -85,3 +85,16 @@ def test_compare_writes_table_csv_and_plots(tmp_path):
     text = open(md).read()
     assert "## grid_dirac" in text and "| cond_ot |" in text and "±" in text
     assert (tmp_path / "compare.csv").exists() and (tmp_path / "compare_grid_dirac.png").exists()
+
+
+def test_image_training_smoke_writes_fid_and_grid(tmp_path):
+    from experiments.configs import mnist_cond_ot
+    from experiments.train_images import train_and_evaluate as train_images
+
+    config = mnist_cond_ot.get_config()
+    config.train.steps, config.train.steps_per_call = 20, 10
+    config.eval.at_steps, config.eval.num_samples, config.eval.num_steps = (20,), 32, 2
+    config.eval.cache_dir, config.eval.classifier_steps = str(tmp_path / "cache"), 100
+    rows = train_images(config, str(tmp_path / "run"), progress=False)
+    assert rows[-1]["step"] == 20 and np.isfinite(rows[-1]["loss"]) and rows[-1]["mnist_fid"] > 0
+    assert (tmp_path / "run" / "samples_20.png").exists() and (tmp_path / "run" / "metrics.csv").exists()
