@@ -2,8 +2,8 @@
 
 Data come through `fm_jax.data.images` (grain loader over this host's shard, dequantised to [−1, 1)); training
 runs one jitted, NaN-guarded step per batch (`make_step`), the host reading the loss every `steps_per_call`
-steps. At every
-step count in `config.eval.at_steps` the EMA model draws `config.eval.num_samples` images (fixed-grid solver),
+steps. At every step count in `config.eval.at_steps` the EMA model draws `config.eval.num_samples` images
+(fixed-grid solver),
 scored by MNIST-FID for 28×28×1 data (the classifier is trained once and cached under `config.eval.cache_dir`),
 and a sample grid is written.
 
