@@ -400,7 +400,7 @@ def _cast_floating(tree: PyTree, dtype) -> PyTree:
 def mixed_precision(
     apply: Callable, compute_dtype=jnp.bfloat16, output_dtype=jnp.float32, *, cast_time: bool = False
 ) -> Callable:
-    """Wrap `apply(params, z, t)` to compute in `compute_dtype` with float32 (master) parameters.
+    """Wrap `apply(params, z, t, cond=None, *, key=None)` to compute in `compute_dtype` with float32 (master) parameters.
 
     Floating parameters and state are cast to `compute_dtype` inside the call and the prediction is cast back to
     `output_dtype`, so the loss, the gradients (the transpose of a cast is a cast) and the optimiser update stay in
@@ -412,10 +412,10 @@ def mixed_precision(
     """
 
     @functools.wraps(apply)
-    def wrapped(params: Params, z: PyTree[Array], t: Array) -> Any:
+    def wrapped(params: Params, z: PyTree[Array], t: Array, cond: Any = None, *, key=None) -> Any:
         t = jnp.asarray(t)
         out = apply(_cast_floating(params, compute_dtype), _cast_floating(z, compute_dtype),
-                    t.astype(compute_dtype) if cast_time else t)
+                    t.astype(compute_dtype) if cast_time else t, cond, key=key)
         return _cast_floating(out, output_dtype)
 
     return wrapped

@@ -68,8 +68,9 @@ def flow_matching_loss(
     """Flow-matching regression E_t E_{z_t, target | x1} [ w(t) ||model(z_t, t) − target||² ].
 
     Args:
-        params: model parameters; `apply(params, z, t)` is the batched model.
-        key: PRNG key (split into the time draws and one key per example).
+        params: model parameters; `apply(params, z, t, cond=None, *, key=None)` is the batched model
+            (`fm_jax.models.as_apply`); it is called in training mode, with a key of its own.
+        key: PRNG key (split into the time draws, one key per example, and the model's key).
         x1: a batch of data (B, *d).
         path: any `AbstractPath`; passed as an argument (not closed over) so one compiled step serves every
             hyper-parameter value.
@@ -79,11 +80,12 @@ def flow_matching_loss(
         dimensions).
     """
     batch = x1.shape[0]
-    k_t, k_path = jax.random.split(key)
+    k_t, k_path, k_model = jax.random.split(key, 3)
     t = time_sampler.sample(k_t, batch).astype(x1.dtype)
     sample = jax.vmap(path.sample_conditional)(jax.random.split(k_path, batch), x1, t)
     target = jax.lax.stop_gradient(sample.target)
-    prediction = apply(params, sample.z_t, t)
+    # Training mode: stochastic layers (dropout) draw fresh masks from this step's key.
+    prediction = apply(params, sample.z_t, t, key=k_model)
     check_same_shape(prediction, target, "model prediction", "path target")
     err = _squared_error(prediction, target)
     if weighting is not None:

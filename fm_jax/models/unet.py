@@ -17,8 +17,8 @@ blocks, attention at 16×16, 4 heads, dropout 0.1: 38.3 M parameters with this b
 model is e.g. channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(7,), num_groups=4
 (0.30 M parameters, ~0.14 GFLOP per 28×28 image forward).
 
-Dropout: masks come from the model's `nnx.Rngs`. `as_apply` freezes that RNG state, so with `dropout > 0` every
-call of the resulting `apply` draws the same masks; sample from a model switched to `model.eval()` (no dropout).
+Dropout: through `as_apply`, masks are drawn from the key given to `apply(..., key=k)` (training mode, a fresh
+key per step) and dropout is off when no key is given (evaluation and sampling).
 """
 
 from __future__ import annotations
