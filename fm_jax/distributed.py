@@ -400,7 +400,7 @@ def _cast_floating(tree: PyTree, dtype) -> PyTree:
 def mixed_precision(
     apply: Callable, compute_dtype=jnp.bfloat16, output_dtype=jnp.float32, *, cast_time: bool = False
 ) -> Callable:
-    """Wrap `apply(params, z, t, cond=None, *, key=None)` to compute in `compute_dtype` with float32 (master) parameters.
+    """Wrap `apply(params, z, t, cond=None, *, key=None)` to compute in `compute_dtype` with float32 parameters.
 
     Floating parameters and state are cast to `compute_dtype` inside the call and the prediction is cast back to
     `output_dtype`, so the loss, the gradients (the transpose of a cast is a cast) and the optimiser update stay in

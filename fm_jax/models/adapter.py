@@ -60,7 +60,8 @@ class NNXApply(eqx.Module):
     def __call__(
         self, params: Params, z: PyTree[Array], t: Array, cond: PyTree[Array] | None = None, *, key: Key | None = None
     ) -> PyTree[Array]:
-        state = jax.tree_util.tree_unflatten(self.param_treedef, [jnp.zeros(a.shape, a.dtype) for a in self.param_avals])
+        zeros = [jnp.zeros(a.shape, a.dtype) for a in self.param_avals]
+        state = jax.tree_util.tree_unflatten(self.param_treedef, zeros)
         try:
             nnx.replace_by_pure_dict(state, params)
         except (KeyError, ValueError, TypeError) as err:
