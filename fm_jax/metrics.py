@@ -6,11 +6,12 @@ well-kept reference implementation). The others are pure JAX and jit-able.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
-from ._typing import Array
+from ._typing import Array, Key
 
 
 def wasserstein2(x: Array, y: Array) -> float:
@@ -31,6 +32,41 @@ def wasserstein2(x: Array, y: Array) -> float:
     a = np.full(len(x), 1.0 / len(x))
     b = np.full(len(y), 1.0 / len(y))
     return float(np.sqrt(max(ot.emd2(a, b, cost, numItermax=10_000_000), 0.0)))
+
+
+def wasserstein2_1d(a: Array, b: Array) -> Array:
+    """Exact squared 2-Wasserstein distance between two 1-D empirical laws a (n,) and b (m,) (uniform weights).
+
+    W2² = ∫_0^1 (F_a^{-1}(u) − F_b^{-1}(u))² du; both quantile functions are step functions, constant between
+    the merged breakpoints {i/n} ∪ {j/m}, so the integral is an exact finite sum. Pure JAX (jit, vmap, grad).
+    """
+    n, m = a.shape[0], b.shape[0]
+    a, b = jnp.sort(a), jnp.sort(b)
+    dtype = jnp.result_type(a, b, jnp.float32)
+    u = jnp.sort(jnp.concatenate([jnp.arange(1, n + 1, dtype=dtype) / n, jnp.arange(1, m + 1, dtype=dtype) / m]))
+    widths = jnp.diff(jnp.concatenate([jnp.zeros(1, dtype), u]))
+    mid = u - widths / 2
+    ia = jnp.clip(jnp.floor(mid * n).astype(jnp.int32), 0, n - 1)
+    ib = jnp.clip(jnp.floor(mid * m).astype(jnp.int32), 0, m - 1)
+    return jnp.sum(widths * (a[ia] - b[ib]) ** 2)
+
+
+def sliced_wasserstein2(key: Key, x: Array, y: Array, num_projections: int = 256) -> Array:
+    """Sliced 2-Wasserstein distance SW2 = sqrt(E_θ W2²(θᵀx, θᵀy)), θ uniform on the unit sphere (Monte Carlo).
+
+    Each 1-D distance is exact (`wasserstein2_1d`), so the only error is the Monte Carlo over `num_projections`
+    directions; cost O(P (n + m) log(n + m)), so it affords 10⁴–10⁵ points where exact W2 stops at a few
+    thousand, and its sampling floor (two draws of the same law) falls like n^(-1/2) without the curse of
+    dimension. Args: key; x (n, *d); y (m, *d). Returns a scalar.
+    """
+    x = x.reshape(x.shape[0], -1)
+    y = y.reshape(y.shape[0], -1)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x has dimension {x.shape[1]} but y has {y.shape[1]}")
+    theta = jax.random.normal(key, (num_projections, x.shape[1]), jnp.result_type(x, y, jnp.float32))
+    theta = theta / jnp.linalg.norm(theta, axis=-1, keepdims=True)
+    per = jax.vmap(lambda th: wasserstein2_1d(x @ th, y @ th))(theta)
+    return jnp.sqrt(jnp.mean(per))
 
 
 def _sq_dists(x: Array, y: Array) -> Array:
@@ -112,6 +148,8 @@ __all__ = [
     "mixture_log_likelihood",
     "mmd",
     "paired_l2",
+    "sliced_wasserstein2",
     "straightness",
     "wasserstein2",
+    "wasserstein2_1d",
 ]
