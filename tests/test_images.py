@@ -179,3 +179,56 @@ def test_stack_and_prefetch(tiny):
     assert stacked["image"].shape == (3, 5, 4, 4, 1)
     rest = list(I.prefetch_to_device(it, size=2))
     assert len(rest) == 3 and isinstance(rest[0]["image"], jax.Array)
+
+
+def _python_archive(path, rng, n_train=(3, 2), n_test=4):
+    """A small archive in the layout of the official cifar-10-python.tar.gz (pickled channel-major batches)."""
+    import io
+    import pickle
+    import tarfile
+
+    batches, images = {}, {"train": [], "test": []}
+    for i, n in enumerate(n_train):
+        batches[f"cifar-10-batches-py/data_batch_{i + 1}"] = ("train", n)
+    batches["cifar-10-batches-py/test_batch"] = ("test", n_test)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, (split, n) in batches.items():
+            hwc = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+            labels = rng.integers(0, 10, n).tolist()
+            images[split].append((hwc, labels))
+            data = hwc.transpose(0, 3, 1, 2).reshape(n, 3072)  # channel-major rows, as in the official files
+            blob = pickle.dumps({b"data": data, b"labels": labels})
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return {s: (np.concatenate([a for a, _ in v]), np.concatenate([b for _, b in v])) for s, v in images.items()}
+
+
+def test_cifar10_format_without_tensorflow(tmp_path):
+    """The python archive converts into tfds's own cifar10 format (PNG `Image` feature, class names), which the
+    library's `data_source("cifar10")` and loader read back pixel-exactly, channels in order, without TensorFlow."""
+    import sys
+
+    rng = np.random.default_rng(0)
+    expected = _python_archive(tmp_path / "cifar-10-python.tar.gz", rng)
+    data_dir = str(tmp_path / "tfds")
+    builder = B.prepare_cifar10_from_python_archive(str(tmp_path / "cifar-10-python.tar.gz"), data_dir)
+    assert builder.info.features["label"].names[0] == "airplane"
+    assert isinstance(builder.info.features["image"], tfds.features.Image)
+    assert os.path.isdir(os.path.join(data_dir, "cifar10", "3.0.2"))
+    for split in ("train", "test"):
+        source = I.data_source("cifar10", split, data_dir)
+        records = [source[i] for i in range(len(source))]  # tfds shuffles on write: match records by id
+        order = np.argsort([int(r["id"].decode().split("_")[1]) for r in records])
+        images = np.stack([records[i]["image"] for i in order])
+        np.testing.assert_array_equal(images, expected[split][0])
+        np.testing.assert_array_equal([records[i]["label"] for i in order], expected[split][1])
+        assert I.load_arrays("cifar10", split, data_dir)[0].shape == images.shape
+    batch = next(iter(I.make_loader(I.data_source("cifar10", "train", data_dir), batch_size=5, seed=0,
+                                    shard_index=0, shard_count=1, dequantize_noise=False)))
+    assert batch["image"].shape == (5, 32, 32, 3) and np.all(np.abs(batch["image"]) < 1)
+    assert "tensorflow" not in sys.modules
+    with pytest.raises(FileNotFoundError, match="cifar-10-python"):
+        B.read_cifar10_python_archive(str(tmp_path / "missing.tar.gz"))
+    with pytest.raises(ValueError, match="uint8 images"):
+        B.write_cifar10_format(str(tmp_path / "bad"), {"train": (np.zeros((2, 28, 28, 1), np.uint8), np.zeros(2))})

@@ -8,6 +8,8 @@ Datasets
   on a machine with network access (preparing these needs TensorFlow for their `Image` feature; reading them
   here does not):
       tfds build mnist --file_format=array_record --data_dir=$TFDS_DATA_DIR
+  CIFAR-10 needs no TensorFlow at all: `fm_jax.data.tfds_builders.prepare_cifar10_from_python_archive(path,
+  data_dir)` converts the official `cifar-10-python.tar.gz` into the same `cifar10` format.
   `data_source` checks that `<data_dir>/<name>/<version>/` holds array_record files *before* calling tfds, and
   raises `FileNotFoundError` naming the directory otherwise (an unprepared `tfds.load` without network retries
   for minutes before failing).

@@ -11,11 +11,22 @@ a `ClassLabel`. The `Image` feature is deliberately not used: decoding it needs 
 
 The test split takes every tenth example of each class (in the package's order), so both splits keep the class mix and
 the split never changes between machines. Build once with `fm_jax.data.images.prepare_offline(name)`.
+
+CIFAR-10 without TensorFlow: `Cifar10Format` writes a dataset in exactly the format of tfds's own `cifar10`
+(version 3.0.2: `id` text, `image` a PNG-encoded `Image` feature of shape (32, 32, 3), `label` a `ClassLabel` with
+the ten class names; array_record), so everything that reads a `tfds build cifar10 --file_format=array_record`
+directory reads it too. PNG encoding goes through PIL (tfds encodes `PIL.Image` inputs without TensorFlow) and
+reading decodes with PIL or OpenCV. `prepare_cifar10_from_python_archive(path)` converts the official
+`cifar-10-python.tar.gz` (Krizhevsky's pickled batches, fetched by the user) into it; tests build a small random
+dataset of the same format with `write_cifar10_format`.
 """
 
 from __future__ import annotations
 
 import abc
+import os
+import pickle
+import tarfile
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -128,4 +139,106 @@ class SklearnDigits(AbstractArrayImageBuilder):
         return {"train": (images[train], d.target[train]), "test": (images[test], d.target[test])}
 
 
-__all__ = ["AbstractArrayImageBuilder", "MlxtendMnist", "SklearnDigits", "stratified_split"]
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+class Cifar10Format(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A dataset named `cifar10` in the format of tfds's `cifar10` 3.0.2, written from arrays (no TensorFlow).
+
+    Set `splits = {split: (images uint8 (N, 32, 32, 3), labels int (N,))}` on the instance before
+    `download_and_prepare()`; `write_cifar10_format` does both.
+    """
+
+    name = "cifar10"
+    VERSION = tfds.core.Version("3.0.2")
+    RELEASE_NOTES = {"3.0.2": "The format of tfds's cifar10 3.0.2, written from local arrays."}
+    splits: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="CIFAR-10 (Krizhevsky 2009): 60,000 32x32 colour images in 10 classes.",
+            features=tfds.features.FeaturesDict(
+                {
+                    "id": tfds.features.Text(),
+                    "image": tfds.features.Image(shape=(32, 32, 3)),
+                    "label": tfds.features.ClassLabel(names=list(CIFAR10_CLASSES)),
+                }
+            ),
+            supervised_keys=("image", "label"),
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # the arrays are local: nothing to download
+        if not self.splits:
+            raise ValueError("Cifar10Format needs `splits` ({split: (images, labels)}) set before download_and_prepare")
+        out = {}
+        for split, (images, labels) in self.splits.items():
+            images, labels = np.asarray(images), np.asarray(labels)
+            if images.dtype != np.uint8 or images.shape[1:] != (32, 32, 3) or len(images) != len(labels):
+                raise ValueError(
+                    f"cifar10 split {split!r}: expected uint8 images (N, 32, 32, 3) and N labels, got "
+                    f"{images.dtype} {images.shape} and {labels.shape}"
+                )
+            if labels.size and (labels.min() < 0 or labels.max() > 9):
+                raise ValueError(f"cifar10 split {split!r}: labels must lie in 0..9, got {labels.min()}..{labels.max()}")
+            out[split] = self._generate_examples(split, images, labels)
+        return out
+
+    def _generate_examples(self, split: str, images: np.ndarray, labels: np.ndarray):
+        from PIL import Image  # PIL inputs are PNG-encoded by tfds without TensorFlow
+
+        for i in range(len(images)):
+            yield i, {"id": f"{split}_{i:05d}", "image": Image.fromarray(images[i]), "label": int(labels[i])}
+
+
+def write_cifar10_format(data_dir: str, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> tfds.core.DatasetBuilder:
+    """Write `splits` ({split: (images uint8 (N, 32, 32, 3), labels (N,))}) as a tfds `cifar10` dataset in data_dir."""
+    builder = Cifar10Format(data_dir=data_dir, file_format="array_record")
+    builder.splits = splits
+    builder.download_and_prepare()
+    return builder
+
+
+def read_cifar10_python_archive(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The official `cifar-10-python.tar.gz` as {"train": (50,000 images, labels), "test": (10,000, …)}.
+
+    Each pickled batch holds `data` (N, 3072) uint8, one row per image in channel-major order (1,024 red, then
+    green, then blue values, each row-major 32×32), and `labels` (N,).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"no CIFAR-10 archive at {path!r}: download cifar-10-python.tar.gz (the 'CIFAR-10 python version' from "
+            "https://www.cs.toronto.edu/~kriz/cifar.html) and pass its path"
+        )
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"train": [], "test": []}
+    with tarfile.open(path, "r:gz") as tar:
+        for member in sorted(tar.getmembers(), key=lambda m: m.name):
+            base = os.path.basename(member.name)
+            split = "train" if base.startswith("data_batch_") else "test" if base == "test_batch" else None
+            if split is None:
+                continue
+            batch = pickle.load(tar.extractfile(member), encoding="bytes")
+            data = np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            parts[split].append((data, np.asarray(batch[b"labels"], np.int64)))
+    if not parts["train"] or not parts["test"]:
+        raise ValueError(f"{path!r} is not the CIFAR-10 python archive (no data_batch_* / test_batch members)")
+    return {s: (np.concatenate([p[0] for p in v]), np.concatenate([p[1] for p in v])) for s, v in parts.items()}
+
+
+def prepare_cifar10_from_python_archive(path: str, data_dir: str) -> tfds.core.DatasetBuilder:
+    """Convert the official CIFAR-10 python archive into a tfds `cifar10` array_record dataset (no TensorFlow)."""
+    return write_cifar10_format(data_dir, read_cifar10_python_archive(path))
+
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "AbstractArrayImageBuilder",
+    "Cifar10Format",
+    "MlxtendMnist",
+    "SklearnDigits",
+    "prepare_cifar10_from_python_archive",
+    "read_cifar10_python_archive",
+    "stratified_split",
+    "write_cifar10_format",
+]
