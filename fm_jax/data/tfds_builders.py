@@ -181,8 +181,8 @@ class Cifar10Format(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     f"{images.dtype} {images.shape} and {labels.shape}"
                 )
             if labels.size and (labels.min() < 0 or labels.max() > 9):
-                raise ValueError(f"cifar10 split {split!r}: labels must lie in 0..9, got {labels.min()}..{labels.max()}"
-                                 )
+                bad = f"{labels.min()}..{labels.max()}"
+                raise ValueError(f"cifar10 split {split!r}: labels must lie in 0..9, got {bad}")
             out[split] = self._generate_examples(split, images, labels)
         return out
 
