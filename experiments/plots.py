@@ -1,0 +1,72 @@
+"""Every figure of the experiments: 2-D samples over data, trajectories, and a grid of sample panels."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, filename: str, dpi: int = 100) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(filename)), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(filename, dpi=dpi)
+    _pyplot().close(fig)
+
+
+def samples(samples, reference, filename: str, title: str = "") -> None:
+    """Samples (n, 2) over reference data (m, 2)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(reference[:, 0], reference[:, 1], s=2, alpha=0.3, c="grey", label="data")
+    ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.5, c="C0", label="samples")
+    ax.set_title(title)
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", markerscale=4)
+    _save(fig, filename)
+
+
+def trajectories(traj, filename: str, title: str = "", count: int = 40) -> None:
+    """The first `count` trajectories of traj (T, n, 2)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4, 4))
+    for i in range(min(count, traj.shape[1])):
+        ax.plot(traj[:, i, 0], traj[:, i, 1], lw=0.6, alpha=0.7)
+    ax.scatter(traj[-1, :count, 0], traj[-1, :count, 1], s=6, c="k")
+    ax.set_title(title)
+    ax.set_aspect("equal")
+    _save(fig, filename)
+
+
+def panel_grid(panels: dict, rows: list, cols: list, filename: str, *, lim: float | None = 4.0,
+               size: float = 2.6, point_size: float = 0.5, col_titles: dict | None = None) -> None:
+    """A rows × cols grid of 2-D scatter panels; `panels[(row, col)]` is (n, 2) or None (left empty)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(size * len(cols), size * len(rows)), squeeze=False)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            ax = axes[i, j]
+            x = panels.get((r, c))
+            if x is not None:
+                x = np.asarray(x)
+                x = x[np.isfinite(x).all(-1)]
+                ax.scatter(x[:, 0], x[:, 1], s=point_size, alpha=0.5)
+            if lim is not None:
+                ax.set_xlim(-lim, lim)
+                ax.set_ylim(-lim, lim)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(str(r))
+            if i == 0:
+                ax.set_title(str((col_titles or {}).get(c, c)))
+    _save(fig, filename, dpi=90)
