@@ -91,19 +91,23 @@ def _parse_flags(argv):
         sys.exit(f"error: {msg}")
 
 
-def run(main: Callable[[Any], Any]) -> None:
-    """`absl.app.run` with one-line errors: flag/config parsing errors and `ValueError`s before training exit
-    with `error: <message>` and status 2; everything else raises as usual."""
-    from absl import app
+def run(main: Callable[[Any, str], Any], default_config: str, default_workdir: str) -> None:
+    """Define `--config` (ml_collections config file, fields overridable as `--config.a.b=value`) and
+    `--workdir`, then `absl.app.run` `main(config, workdir)` with one-line errors: a flag or config error, or a
+    `ConfigError` from validation, exits with `error: <message>` and status 2; a config mismatch with the
+    run's checkpoints or a divergence with status 1; SIGTERM (checkpoint written) with status 143."""
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", default_config, "Configuration file (a get_config() module).")
+    flags.DEFINE_string("workdir", default_workdir, "Directory for checkpoints, metrics, results and plots.")
 
     def wrapped(argv):
         del argv
-        from absl import flags
-
-        config = flags.FLAGS.config
+        config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
         quiet_logs(bool(config.get("log", {}).get("verbose", False)))
         try:
-            main(config)
+            main(config, workdir)
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)

@@ -26,7 +26,7 @@ def solver_runs(e) -> list[tuple[str, str, int | None]]:
 
 def validate(e) -> None:
     """Every solver name and step count of `e`, checked before training (one-line `ConfigError`)."""
-    for tag, name, n in solver_runs(e):
+    for _, name, n in solver_runs(e):
         try:
             registry.get_solver(name)
         except ValueError as err:

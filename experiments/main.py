@@ -5,24 +5,18 @@ Any config field can be overridden on the command line, e.g. `--config.path.name
 Relaunching the same command resumes from `<workdir>/checkpoints`.
 """
 
-from absl import flags
-from ml_collections import config_flags
 
 from experiments import common
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "experiments/configs/default.py", "Experiment configuration file.")
-flags.DEFINE_string("workdir", "workdir/run", "Directory for checkpoints, metrics, results and plots.")
 
-
-def main(config):
+def main(config, workdir: str):
     from experiments.train import train_and_evaluate
 
-    results = train_and_evaluate(config, FLAGS.workdir)
+    results = train_and_evaluate(config, workdir)
     summary = {k: v for k, v in results.items() if not k.startswith("_")}
     print(summary)
-    print(f"outputs written to {FLAGS.workdir}")
+    print(f"outputs written to {workdir}")
 
 
 if __name__ == "__main__":
-    common.run(main)
+    common.run(main, "experiments/configs/default.py", "workdir/run")

@@ -12,16 +12,9 @@ from __future__ import annotations
 import os
 import time
 
-from absl import flags
-from ml_collections import config_flags
-
 from experiments import common, plots, tables
 from experiments.configs import default
 from experiments.train import train_and_evaluate, validate
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "experiments/configs/toy_table.py", "Toy table configuration file.")
-flags.DEFINE_string("workdir", "results", "Directory for the table, the plot and each run's work directory.")
 
 COLUMNS = ["path", "dataset", "solver", "nfe", "w2", "mmd", "energy", "kinetic_energy", "straightness",
            "train_seconds", "final_loss"]
@@ -62,12 +55,12 @@ def run_table(config, out: str, progress: bool = True):
     return rows, grid
 
 
-def main(config):
-    os.makedirs(FLAGS.workdir, exist_ok=True)
+def main(config, workdir: str):
+    os.makedirs(workdir, exist_ok=True)
     start = time.perf_counter()
-    rows, grid = run_table(config, FLAGS.workdir)
-    md_path, csv_path = tables.write(rows, FLAGS.workdir, "toy_table", COLUMNS)
-    png_path = os.path.join(FLAGS.workdir, "toy_samples.png")
+    rows, grid = run_table(config, workdir)
+    md_path, csv_path = tables.write(rows, workdir, "toy_table", COLUMNS)
+    png_path = os.path.join(workdir, "toy_samples.png")
     plots.panel_grid(grid, list(config.table.paths), list(config.table.datasets), png_path)
     print(f"\n{len(config.table.paths)} paths x {len(config.table.datasets)} datasets in "
           f"{time.perf_counter() - start:.0f} s")
@@ -75,4 +68,4 @@ def main(config):
 
 
 if __name__ == "__main__":
-    common.run(main)
+    common.run(main, "experiments/configs/toy_table.py", "results")
