@@ -49,12 +49,13 @@ def require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate_train(t) -> None:
-    """One-line errors for the training fields every trainer reads."""
+def validate_train(t, *, steps_per_call: bool = True) -> None:
+    """One-line errors for the training fields every trainer reads (`steps_per_call=False`: a trainer that
+    runs one step per call and ignores the field)."""
     for field in ("steps", "batch_size", "steps_per_call"):
         require(isinstance(t[field], int) and t[field] >= 1, f"train.{field} must be a positive integer, got "
                 f"{t[field]!r}")
-    require(t.steps % t.steps_per_call == 0,
+    require(not steps_per_call or t.steps % t.steps_per_call == 0,
             f"train.steps={t.steps} must be a multiple of train.steps_per_call={t.steps_per_call}")
     require(float(t.learning_rate) > 0, f"train.learning_rate must be > 0, got {t.learning_rate}")
     require(0.0 <= float(t.ema_decay) < 1.0, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")

@@ -244,12 +244,14 @@ class MetricsWriter:
     header, later ones (written after the checkpoint the run resumes from) are dropped, so a resumed run's curve
     has every step exactly once. With `tensorboard=True`, the same scalars go to TensorBoard event files under
     `<directory>/tensorboard` through `tensorboardX` (no TensorFlow needed), purged past `start_step` likewise.
-    Only process 0 writes. Usable as a `fit` hook: `writer(step, state, row)`.
+    Only process 0 writes; `every` keeps only rows whose step is a multiple of it. Usable as a `fit` hook:
+    `writer(step, state, row)`.
     """
 
     def __init__(self, directory: str, *, start_step: int = 0, tensorboard: bool = False,
-                 filename: str = "metrics.csv"):
+                 filename: str = "metrics.csv", every: int = 1):
         self.filename = os.path.join(directory, filename)
+        self.every = every
         self._file = None
         self._writer = None
         self._fields = None
@@ -281,7 +283,7 @@ class MetricsWriter:
                                      purge_step=start_step + 1 if start_step > 0 else None)
 
     def write(self, row: dict[str, float]) -> None:
-        if jax.process_index() != 0:
+        if jax.process_index() != 0 or int(row["step"]) % self.every:
             return
         if self._writer is None:
             self._fields = list(row)

@@ -42,7 +42,7 @@ def get_config(label: str | None = None) -> ml_collections.ConfigDict:
             steps_per_call=100,
             time_sampler=spec("uniform"),
             checkpoint_every=1000,
-            keep_checkpoints=2,
+            keep_checkpoints=3,
             max_bad_steps=100,
         )
     )
