@@ -70,3 +70,18 @@ def panel_grid(panels: dict, rows: list, cols: list, filename: str, *, lim: floa
             if i == 0:
                 ax.set_title(str((col_titles or {}).get(c, c)))
     _save(fig, filename, dpi=90)
+
+
+def curves(xs, series: dict, filename: str, *, xlabel: str, ylabel: str, title: str = "", logx: bool = True) -> None:
+    """One line per `series[label]` (values at `xs`)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, ys in series.items():
+        ax.plot(xs, ys, marker="o", label=label)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=6, ncol=2)
+    _save(fig, filename)

@@ -14,19 +14,24 @@ import time
 
 from experiments import common, plots, tables
 from experiments.configs import default
+from experiments.configs.toy_paths import DATASET_SETTINGS
 from experiments.train import train_and_evaluate, validate
 
 COLUMNS = ["path", "dataset", "solver", "nfe", "w2", "mmd", "energy", "kinetic_energy", "straightness",
            "train_seconds", "final_loss"]
 
 
-def row_config(table_config, label: str, dataset: str):
-    """The run config of one (path label, dataset) cell: the table's model/train/eval/log/seed, the row's path."""
+def row_config(table_config, label: str, dataset: str, seed: int | None = None):
+    """The run config of one (path label, dataset label) cell of a table config: the table's model, train, eval,
+    log and seed blocks with the row's path and dataset settings (`configs/toy_paths.py`)."""
     c = default.get_config(label)
-    c.dataset.name = dataset
+    if dataset not in DATASET_SETTINGS:
+        raise common.ConfigError(f"unknown toy dataset label {dataset!r}; known: {', '.join(DATASET_SETTINGS)}")
+    name, kwargs = DATASET_SETTINGS[dataset]
+    c.dataset = default.spec(name, **kwargs)
     for block in ("model", "train", "eval", "log"):
         c[block] = table_config[block]
-    c.seed = table_config.seed
+    c.seed = table_config.seed if seed is None else seed
     return c
 
 

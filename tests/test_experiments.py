@@ -197,3 +197,21 @@ def test_image_training_smoke_writes_fid_grid_and_checkpoints(tmp_path):
     # Relaunching a finished run restores it and keeps its evaluation rows.
     again = train_images(config, str(run), progress=False)
     assert [r["step"] for r in again] == [20]
+
+
+def test_compare_writes_table_csv_and_plots(tmp_path):
+    from experiments import compare
+    from experiments.configs import compare as compare_config
+
+    config = compare_config.get_config("quick")
+    config.train.steps, config.train.steps_per_call, config.table.seeds = 20, 10, 2
+    config.table.paths, config.table.datasets, config.table.loglik_samples = ("cond_ot",), ("grid_dirac",), 8
+    config.eval.num_samples, config.eval.step_counts = 64, (2, 4)
+    rows, grids = compare.run_toys(config, progress=False)
+    assert len(rows) == 2 * (2 * 2 + 1)
+    assert {r["nfe"] for r in rows if r["solver"] == "heun"} == {2, 4}
+    assert all(r["log_likelihood"] is not None and np.isfinite(r["log_likelihood"]) for r in rows)
+    md = compare.write_outputs(rows, grids, str(tmp_path), "test", config.eval.step_counts)
+    text = open(md).read()
+    assert "## grid_dirac" in text and "| cond_ot |" in text and "±" in text
+    assert (tmp_path / "compare.csv").exists() and (tmp_path / "compare_grid_dirac.png").exists()

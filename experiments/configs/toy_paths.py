@@ -30,3 +30,15 @@ PATH_SETTINGS: dict[str, tuple[str, dict]] = {
 
 TOY_TABLE_PATHS = ("cond_ot", "vp", "ve", "cosine", "poly2", "form", "fm12", "kac", "hgf_osc", "hgf_osc_a2",
                    "hgf_osc_a05", "hgf_zero_ve", "hgf_zero_ot", "ko")
+
+# Dataset labels of the toy tables → (registered dataset name, keyword arguments).
+DATASET_SETTINGS: dict[str, tuple[str, dict]] = {
+    "moons": ("moons", {}),
+    "8gaussians": ("8gaussians", {}),
+    "checkerboard": ("checkerboard", {}),
+    "spirals": ("spirals", {}),
+    "circles": ("circles", {}),
+    "grid": ("grid", {}),
+    # The Kac paper's 2-D experiment: a 3×3 grid of near-Dirac modes.
+    "grid_dirac": ("grid", dict(std=1e-2)),
+}
