@@ -47,6 +47,13 @@ def _ko_images(**kwargs) -> P.AffinePath:
     return image_ko_path(**kwargs)
 
 
+def _kac_data_prior(**kwargs) -> P.AbstractPath:
+    # The Kac paper's reference 2-D setting: f ≡ 1 and the data-dependent prior (defined with its experiment).
+    from experiments.kac_dirac import data_prior_kac_path
+
+    return data_prior_kac_path(**kwargs)
+
+
 PATHS: dict[str, Callable[..., P.AbstractPath]] = {
     "cond_ot": _affine(P.CondOT),
     "vp": _affine(P.VP),
@@ -62,6 +69,7 @@ PATHS: dict[str, Callable[..., P.AbstractPath]] = {
     "hgf_zero_ot": P.CoupledZeroForceHGFPath,
     "hgf_force_harmonic": _harmonic_hgf,
     "hgf_reflect": P.ReflectingBoxHGFPath,
+    "kac_data_prior": _kac_data_prior,
     "ko": _ko_toy,
     "ko_images": _ko_images,
 }

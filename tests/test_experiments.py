@@ -93,8 +93,19 @@ def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
     config.train.learning_rate = 1e38  # parameters overflow after the first update: every later step is skipped
     config.train.max_bad_steps = 20
     config.train.warmup_steps = 0
-    with pytest.raises(fj.training.DivergenceError, match="training diverged: the last 20 steps"):
+    # K = 20 steps a call: step 1 is good, 2..20 bad (19 < 20), 2..40 bad (39): the stop comes at step 40.
+    with pytest.raises(fj.training.DivergenceError, match=r"training diverged: the last 39 steps \(to step 40\)"):
         train_and_evaluate(config, str(tmp_path), progress=False)
+    assert [s for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()] == []  # nothing saved in the streak
+    assert [r.split(",")[0] for r in (tmp_path / "metrics.csv").read_text().splitlines()] == ["step", "20", "40"]
+
+
+def test_make_optimizer_refuses_a_non_positive_learning_rate():
+    import fm_jax as fj
+
+    for lr in (0.0, -1e-3, float("nan")):
+        with pytest.raises(ValueError, match="learning_rate must be a positive finite number"):
+            fj.make_optimizer(lr)
 
 
 def _run(*args, timeout=300):
