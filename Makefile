@@ -26,7 +26,7 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	-$(BIN)/python -m pip install -q "torch==2.13.0" 2>/dev/null || echo "PyTorch not installable here: benchmarking JAX only"
-	$(BIN)/python -m experiments.bench --out results/bench.json
+	$(BIN)/python -m experiments.bench --config experiments/configs/bench.py --workdir results
 
 lint: $(STAMP)
 	$(BIN)/ruff check fm_jax experiments tests
