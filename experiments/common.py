@@ -75,7 +75,10 @@ def quiet_logs(verbose: bool = False) -> None:
 
 
 def _one_line(err: BaseException) -> str:
-    text = str(err).strip().strip("'\"") or type(err).__name__
+    text = str(err).strip()
+    if isinstance(err, KeyError | AttributeError):
+        text = text.strip("'\"")
+    text = text or type(err).__name__
     return text.splitlines()[0] if not isinstance(err, ConfigError) else text
 
 
@@ -84,11 +87,14 @@ def _parse_flags(argv):
 
     try:
         return flags.FLAGS(argv)
-    except flags.Error as err:
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as err:
         cause = err.__cause__ or err.__context__ or err
-        msg = _one_line(cause)
+        msg = _one_line(err)
         if isinstance(cause, (AttributeError, KeyError)):
-            msg = f"unknown config field {msg} (see the config file for the fields it has)"
+            msg = _one_line(cause)
+            where = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and msg in a.split("=")[0]]
+            msg = f"unknown config field {msg}" + (f" ({where[0]})" if where else "") + \
+                "; the config file lists the fields it has"
         sys.exit(f"error: {msg}")
 
 

@@ -226,3 +226,24 @@ def test_compare_writes_table_csv_and_plots(tmp_path):
     text = open(md).read()
     assert "## grid_dirac" in text and "| cond_ot |" in text and "±" in text
     assert (tmp_path / "compare.csv").exists() and (tmp_path / "compare_grid_dirac.png").exists()
+
+
+def test_kac_reference_prior_is_kac_noise_plus_fresh_data():
+    # The reference 2-D setting (f ≡ 1): z_0 = K_T + x', x' a fresh draw of the 3×3 grid; per coordinate the
+    # variance is Var K_T + Var x' = kac.variance(T, a, c) + (2/3 + std²), the mean 0.
+    import jax
+
+    from fm_jax import kac
+
+    path = registry.get_path("kac_data_prior", a=9.0, c=3.0, T=1.0, std=0.01)
+    n = 40_000
+    z = np.asarray(jax.vmap(lambda k: path.sample_source(k, (2,)))(jax.random.split(jax.random.key(0), n)))
+    var = float(kac.variance(1.0, 9.0, 3.0)) + 2.0 / 3.0 + 1e-4
+    # |z| <= c T + 1 + 5 std bounds the fourth moment: 5 standard errors of the sample variance and mean.
+    bound = (3.0 + 1.05) ** 2
+    assert np.all(np.abs(z.var(0) - var) < 5 * np.sqrt((bound * var - var**2) / n)), (z.var(0), var)
+    assert np.all(np.abs(z.mean(0)) < 5 * np.sqrt(var / n))
+    # The conditional law is the Kac path's with f ≡ 1: z_t - x1 = K_s has mean 0 at every t.
+    x1 = np.ones((n, 2), np.float32)
+    zt = jax.vmap(path.sample_conditional, in_axes=(0, 0, None))(jax.random.split(jax.random.key(1), n), x1, 0.5)
+    assert np.all(np.abs(np.asarray(zt.z_t - x1).mean(0)) < 5 * np.sqrt(float(kac.variance(0.5, 9.0, 3.0)) / n))
