@@ -8,6 +8,7 @@ imports `fm_jax` and its public modules from the installed wheel, outside the so
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -23,8 +24,15 @@ EXTRAS = ("matplotlib", "tqdm", "ml_collections", "sklearn", "mlxtend", "tensorb
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
+    # Build from a copy of the tracked sources, so the checkout gets no build/ or egg-info directories.
+    src = tmp_path_factory.mktemp("src")
+    files = subprocess.run(["git", "ls-files", "pyproject.toml", "README.md", "fm_jax"], cwd=ROOT, check=True,
+                           capture_output=True, text=True).stdout.split()
+    for name in files:
+        os.makedirs(os.path.dirname(os.path.join(src, name)) or str(src), exist_ok=True)
+        shutil.copy2(os.path.join(ROOT, name), os.path.join(src, name))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    ROOT], check=True, capture_output=True, timeout=300)
+                    str(src)], check=True, capture_output=True, timeout=300)
     (name,) = [p for p in os.listdir(out) if p.endswith(".whl")]
     return os.path.join(out, name)
 
