@@ -95,7 +95,8 @@ def _parse_flags(argv):
             where = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and msg in a.split("=")[0]]
             msg = f"unknown config field {msg}" + (f" ({where[0]})" if where else "") + \
                 "; the config file lists the fields it has"
-        sys.exit(f"error: {msg}")
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
 
 
 def run(main: Callable[[Any, str], Any], default_config: str, default_workdir: str) -> None:
