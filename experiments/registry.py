@@ -4,7 +4,9 @@ The library takes objects; configs name things with strings; this module maps on
 examples map `config.model` to a class. Each entry is a class or factory taking keyword arguments; the values
 come from the config (`get_path(config.path.name, **config.path.kwargs)`), never from here: a factory below only
 says how a config's keyword arguments become objects (e.g. `schedule` fields into an `AffinePath`).
-A new path registers itself with one entry in `PATHS`.
+A new path needs no entry here: any path class exported from `fm_jax.paths` is found by its class name
+(`config.path.name = "ForcePath"`); `PATHS` adds short names and factories that build nested objects
+(docs/adding_a_path.md).
 """
 
 from __future__ import annotations
@@ -119,9 +121,20 @@ def _build(table: dict, kind: str, name: str, kwargs: Mapping[str, Any]):
     return factory(**kwargs)
 
 
+def _exported_paths() -> dict[str, type]:
+    # Concrete path classes exported from fm_jax.paths, by class name.
+    found = {}
+    for attr in dir(P):
+        obj = getattr(P, attr)
+        if isinstance(obj, type) and issubclass(obj, P.AbstractPath) and not inspect.isabstract(obj):
+            found[attr] = obj
+    return found
+
+
 def get_path(name: str, **kwargs) -> P.AbstractPath:
-    """Build the registered path `name` with `kwargs` (ValueError naming the known paths or arguments otherwise)."""
-    return _build(PATHS, "path", name, kwargs)
+    """Build the path `name` (a `PATHS` entry, or a path class exported from `fm_jax.paths`) with `kwargs`
+    (ValueError naming the known paths or arguments otherwise)."""
+    return _build({**_exported_paths(), **PATHS}, "path", name, kwargs)
 
 
 def get_dataset(name: str, **kwargs) -> Callable:
