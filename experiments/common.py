@@ -7,6 +7,7 @@ Every entry point is `python -m experiments.<name> --config path/to/config.py --
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -99,6 +100,15 @@ def _parse_flags(argv):
         sys.exit(2)
 
 
+def _exit(message: str, status: int) -> None:
+    # The checkpointer is closed (its writes waited for) before we get here; leave without the interpreter's
+    # shutdown, where Orbax's background threads can print tracebacks ("cannot schedule new futures").
+    print(message, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def run(main: Callable[[Any, str], Any], default_config: str, default_workdir: str) -> None:
     """Define `--config` (ml_collections config file, fields overridable as `--config.a.b=value`) and
     `--workdir`, then `absl.app.run` `main(config, workdir)` with one-line errors: a flag or config error, or a
@@ -117,14 +127,11 @@ def run(main: Callable[[Any, str], Any], default_config: str, default_workdir: s
         try:
             main(config, workdir)
         except ConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+            _exit(f"error: {err}", 2)
         except (ConfigMismatchError, DivergenceError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(1)
+            _exit(f"error: {err}", 1)
         except Preempted as stop:
-            print(stop, file=sys.stderr)
-            sys.exit(143)  # 128 + SIGTERM: schedulers requeue
+            _exit(str(stop), 143)  # 128 + SIGTERM: schedulers requeue
 
     app.run(wrapped, flags_parser=_parse_flags)
 
@@ -141,8 +148,6 @@ class Preempted(Exception):  # noqa: N818 - a stop, not an error
 def checkpointer(config, workdir: str, ignore_config_keys=("train.steps", "eval", "log")):
     """The run's `TrainingCheckpointer` under `<workdir>/checkpoints` (every `train.checkpoint_every` steps, keep
     `train.keep_checkpoints`); evaluation and logging fields, and the step budget, may change on resume."""
-    import os
-
     from fm_jax.checkpoint import TrainingCheckpointer
 
     return TrainingCheckpointer(os.path.join(workdir, "checkpoints"), config, keep=config.train.keep_checkpoints,
