@@ -108,7 +108,7 @@ def test_make_optimizer_refuses_a_non_positive_learning_rate():
             fj.make_optimizer(lr)
 
 
-def _run(*args, timeout=300):
+def _run(*args, timeout=900):
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
