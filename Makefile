@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,experiments]"
 	touch $(STAMP)
 
 env: $(STAMP)
@@ -22,11 +22,11 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 run: $(STAMP)
-	$(BIN)/python -m experiments.toy_table --out results
+	$(BIN)/python -m experiments.toy_table --config experiments/configs/toy_table.py --workdir results
 
 bench: $(STAMP)
 	-$(BIN)/python -m pip install -q "torch==2.13.0" 2>/dev/null || echo "PyTorch not installable here: benchmarking JAX only"
-	$(BIN)/python -m experiments.bench --out results/bench.json
+	$(BIN)/python -m experiments.bench --config experiments/configs/bench.py --workdir results
 
 lint: $(STAMP)
 	$(BIN)/ruff check fm_jax experiments tests
@@ -35,7 +35,7 @@ clean:
 	rm -rf results workdir .pytest_cache
 
 compare: $(STAMP)
-	$(BIN)/python -m experiments.compare --budget default --out results
+	$(BIN)/python -m experiments.compare --config experiments/configs/compare.py --workdir results
 
 compare-quick: $(STAMP)
-	$(BIN)/python -m experiments.compare --budget quick --out results/quick
+	$(BIN)/python -m experiments.compare --config experiments/configs/compare.py:quick --workdir results/quick

@@ -1,6 +1,6 @@
 """`make bench`: throughput of the compiled train step and sampler, against this machine's limits and PyTorch.
 
-    python -m experiments.bench --out results/bench.json [--quick]
+    python -m experiments.bench --config experiments/configs/bench.py[:quick] --workdir results   # results/bench.json
 
 Measures, in one process and one run:
 - the f32 matrix-product rate (2048² jitted matmul): the practical FLOP/s limit of this machine;
@@ -15,7 +15,6 @@ Timings are medians of repeated runs after warm-up; the machine is noisy, so com
 
 from __future__ import annotations
 
-import argparse
 import functools
 import importlib
 import inspect
@@ -25,6 +24,7 @@ import os
 import platform
 import statistics
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 import fm_jax as fj
+from experiments import common
 from fm_jax import paths as P
 
 WIDTH, DEPTH, BATCH, TIME_FEATURES = 256, 3, 256, 64
@@ -196,11 +197,8 @@ def torch_reference(quick: bool) -> dict | None:
             "sampling_seconds": sample_sec}
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="results/bench.json")
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
-    args = parser.parse_args(argv)
+def main(config, workdir: str):
+    args = types.SimpleNamespace(quick=config.quick, out=os.path.join(workdir, "bench.json"))
 
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
@@ -238,4 +236,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main, "experiments/configs/bench.py", "results")

@@ -1,6 +1,6 @@
 """Benchmark and accuracy table of the Kac velocity and sampler (`make bench`).
 
-    python -m experiments.bench_kac [--out results/bench_kac.json]
+    python -m experiments.bench_kac --config experiments/configs/bench_kac.py --workdir results   # bench_kac.json
 
 `run()` returns a dict: throughput (elements/s) of the jitted float32 `fm_jax.kac.velocity` and of a float64
 NumPy/SciPy evaluation of the same formula (`reference_velocity`) in the same process, their ratio, the max
@@ -10,16 +10,17 @@ and the throughput (draws/s) of the exact sampler `fm_jax.kac.sample`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
+from experiments import common
 from fm_jax import kac
 
 
@@ -160,10 +161,8 @@ def run(n: int = 1 << 22, repeats: int = 7, n_draws: int = 1 << 18) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="results/bench_kac.json")
-    args = parser.parse_args()
+def main(config, workdir: str) -> None:
+    args = types.SimpleNamespace(out=os.path.join(workdir, "bench_kac.json"))
     result = run()
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
@@ -172,4 +171,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main, "experiments/configs/bench_kac.py", "results")

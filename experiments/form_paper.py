@@ -1,6 +1,6 @@
 """Reproduce the ForM paper's particle experiments, as published and corrected, over several seeds.
 
-    python -m experiments.form_paper --out results/form_paper [--seeds 5] [--iters 4000] [--variants both]
+    python -m experiments.form_paper --config experiments/configs/form_paper.py --workdir results/form_paper
 
 Writes `form_paper.md` and `form_paper.csv` (mean ± std over seeds of the mean paired end-point L2, raw, in the
 paper's unit raw / 3e7 = c x dt, and in units of c, next to the paper's figures) and `form_trajectories.png`.
@@ -29,7 +29,6 @@ the paper).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import functools
 import math
@@ -41,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments import common
 from fm_jax import relativistic as rel
 from fm_jax.data import relativistic_sims as sims
 
@@ -394,23 +394,19 @@ def plot_trajectories(trajectories, out, num=25):
     return path
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="results/form_paper")
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--iters", type=int, default=4000, help="training budget per method (the paper's 4000)")
-    parser.add_argument("--variants", default="both", choices=["both", "as_published", "corrected"])
-    parser.add_argument("--datasets", default=",".join(sims.DATASETS))
-    parser.add_argument("--methods", default=",".join(METHODS))
-    args = parser.parse_args(argv)
-    if args.seeds < 2:
-        raise ValueError(f"--seeds must be >= 2 to report a spread, got {args.seeds}")
-    variants = ["as_published", "corrected"] if args.variants == "both" else [args.variants]
-    rows, md, csv_path, png = run(args.out, args.seeds, args.iters, variants, args.datasets.split(","),
-                                  args.methods.split(","))
+def main(config, workdir: str):
+    if config.seeds < 2:
+        raise common.ConfigError(f"seeds must be >= 2 to report a spread, got {config.seeds}")
+    for name, value, known in (("variants", config.variants, ("as_published", "corrected")),
+                               ("datasets", config.datasets, sims.DATASETS), ("methods", config.methods, METHODS)):
+        unknown = [v for v in value if v not in known]
+        if unknown:
+            raise common.ConfigError(f"{name}: unknown {unknown}; known: {', '.join(known)}")
+    rows, md, csv_path, png = run(workdir, config.seeds, config.iters, list(config.variants), list(config.datasets),
+                                  list(config.methods))
     print(open(md).read())
     print(f"wrote {md}, {csv_path}, {png}")
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main, "experiments/configs/form_paper.py", "results/form_paper")

@@ -1,6 +1,6 @@
 """Hamiltonian score matching on a 2-D Gaussian mixture with a known score.
 
-    python -m experiments.hsm_gmm --out results/hsm_gmm [--steps 1500] [--quick]
+    python -m experiments.hsm_gmm --config experiments/configs/hsm_gmm.py[:quick] --workdir results/hsm_gmm
 
 Three parts (papers.md §3.3):
 1. Learn grad log pi by HSM (force network vs velocity-predictor network, the trainer's single-optimiser step with
@@ -10,7 +10,7 @@ Three parts (papers.md §3.3):
    sampling, `fm_jax.hamiltonian.hamiltonian_score_discrepancy`) vs (T^3/3) E||F - grad log pi||^2 for several T
    and forces (the learned networks and an analytic wrong force 0.5 grad log pi).
 3. Gradient signal-to-noise ratio of HSM vs DSM across noise levels sigma, at one fixed force network (the
-   untrained network by default, where the mean gradient is largest; `--warmup-steps` trains it first by DSM).
+   untrained network by default, where the mean gradient is largest; `warmup_steps` trains it first by DSM).
    For HSM the noise level is the horizon T = sigma (positions spread by about T sigma_v = sigma, as the DSM
    perturbation). From N per-example gradients g_i, SNR = (||mean g||^2 - tr Cov g / N) / tr Cov g, the
    single-example SNR (a batch of B multiplies it by B; values below ~1/N are at the noise floor). HSM is
@@ -18,22 +18,23 @@ Three parts (papers.md §3.3):
    the small-time oracle V(x, tau) = tau (F(x) - grad log pi(x)); explicit score matching (the noise-free
    gradient of E||F - grad log pi||^2) is the reference.
 
-Writes `hsm_gmm.md` (tables), `hsm_gmm.json`, and `snr.png` under `--out`.
+Writes `hsm_gmm.md` (tables), `hsm_gmm.json`, and `snr.png` under `--workdir`.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
 import time
+import types
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from experiments import common
 from fm_jax import hamiltonian as H
 from fm_jax import hsm
 from fm_jax.models import MLP, as_apply
@@ -259,32 +260,8 @@ def markdown(res):
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="results/hsm_gmm")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch", type=int, default=512)
-    p.add_argument("--inner-steps", type=int, default=4)
-    p.add_argument("--velocity-lr", type=float, default=3e-3)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--depth", type=int, default=2)
-    p.add_argument("--hsm-T", type=float, default=0.5)
-    p.add_argument("--hsm-steps", type=int, default=4)
-    p.add_argument("--dsm-sigma", type=float, default=0.1)
-    p.add_argument("--hsd-T", type=float, nargs="+", default=[0.025, 0.05, 0.1, 0.2, 0.4])
-    p.add_argument("--hsd-points", type=int, default=400)
-    p.add_argument("--hsd-velocities", type=int, default=256)
-    p.add_argument("--snr-sigmas", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3, 1.0])
-    p.add_argument("--snr-samples", type=int, default=4096)
-    p.add_argument("--snr-predictor-steps", type=int, default=500)
-    p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="a smoke-test budget (seconds)")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.steps, args.hsd_points, args.hsd_velocities = 100, 64, 64
-        args.hsd_T, args.snr_sigmas, args.snr_samples = [0.1, 0.4], [0.03, 0.3], 256
-        args.snr_predictor_steps = 100
+def main(config, workdir: str):
+    args = types.SimpleNamespace(**config.to_dict(), out=workdir)
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
     print("part 1: learning the score by HSM and DSM", flush=True)
@@ -302,7 +279,7 @@ def main(argv=None):
     if args.warmup_steps:
         theta_warm, _, _ = train(dsm_fn, theta_init, jnp.asarray(0.3), args.warmup_steps, args.batch, args.lr, 40)
     rows3 = part3(args, force_apply, theta_warm)
-    res = {"score_error": rows1, "hsd": rows2, "snr": rows3, "final_metrics": last, "args": vars(args)}
+    res = {"score_error": rows1, "hsd": rows2, "snr": rows3, "final_metrics": last, "config": vars(args)}
     res["seconds"] = time.perf_counter() - start
     with open(os.path.join(args.out, "hsm_gmm.json"), "w") as f:
         json.dump(res, f, indent=1, default=float)
@@ -315,4 +292,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main, "experiments/configs/hsm_gmm.py", "results/hsm_gmm")

@@ -1,6 +1,6 @@
 """Data separation functions lambda_hat(s) and the Theorem 4.1 bound (Shaul et al. 2023, Sec. 4 and 6.1).
 
-    python -m experiments.ko_lambda --out results/ko_lambda [--num-noise 400] [--quick]
+    python -m experiments.ko_lambda --config experiments/configs/ko_lambda.py[:quick] --workdir results/ko_lambda
 
 Estimates lambda_hat(s) (exact softmax posterior, `fm_jax.kinetic.data_separation`) for
 - 2-D toys (checkerboard, half-moons, 8 Gaussians; 5,000 points each),
@@ -9,24 +9,25 @@ Estimates lambda_hat(s) (exact softmax posterior, `fm_jax.kinetic.data_separatio
 and checks int_0^inf |1 - lambda(s)| ds <= 3 n / sqrt(d) (Theorem 4.1, Eq. 34). Since lambda >= s^2/(1+s^2),
 the integral is also <= pi/2 for every dataset, so the bound says something only when 3 n / sqrt(d) < pi/2.
 The integral uses the monotone fit of lambda_hat (its complement 1 - lambda, exact tails beyond the grid).
-Writes `ko_lambda.csv`, `ko_lambda_bound.csv`, `ko_lambda.md` and `ko_lambda.png` under `--out`.
+Writes `ko_lambda.csv`, `ko_lambda_bound.csv`, `ko_lambda.md` and `ko_lambda.png` under `--workdir`.
 
 Also home of `toy_ko_path`, the KO path the experiment registry trains on toy data.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import functools
 import math
 import os
 import time
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import common
 from fm_jax import kinetic as K
 from fm_jax import paths as P
 
@@ -114,12 +115,8 @@ def estimate(name: str, data, key, num_noise: int, block_noise: int = 128):
     return est, fit, seconds
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="results/ko_lambda")
-    parser.add_argument("--num-noise", type=int, default=400)
-    parser.add_argument("--quick", action="store_true", help="a smaller grid of random datasets")
-    args = parser.parse_args(argv)
+def main(config, workdir: str):
+    args = types.SimpleNamespace(num_noise=config.num_noise, quick=config.quick, out=workdir)
     os.makedirs(args.out, exist_ok=True)
     key = jax.random.key(0)
     from fm_jax.data import toy
@@ -234,4 +231,4 @@ def plot(curves, bound_rows, filename):
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main, "experiments/configs/ko_lambda.py", "results/ko_lambda")

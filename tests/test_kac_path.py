@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from experiments import registry
-from experiments.configs import kac_cifar10
+from experiments.configs import cifar10_kac
 from fm_jax import kac
 from fm_jax import paths as P
 
@@ -151,11 +151,11 @@ def test_exact_velocity_field_transports_the_prior_back_along_the_kac_law():
 
 @pytest.mark.parametrize("variant, a, c", [(None, 9.0, 3.0), ("a9_c3", 9.0, 3.0), ("a25_c2", 25.0, 2.0)])
 def test_cifar10_config_matches_the_registered_path(variant, a, c):
-    config = kac_cifar10.get_config(variant)
-    path = registry.get_path(config.path)
+    config = cifar10_kac.get_config(variant)
+    path = registry.get_path(config.path.name, **config.path.kwargs)
     assert isinstance(path, P.KacPath) and isinstance(path.signal, P.LinearSignal)
     assert isinstance(path.clock, P.IdentityClock)
-    assert (float(path.a), float(path.c), float(path.T)) == (a, c, 1.0) == (config.kac.a, config.kac.c, config.kac.T)
-    assert config.eval.solver == "euler" and config.eval.num_steps == 100 and config.dataset == "cifar10"
+    assert (float(path.a), float(path.c), float(path.T)) == (a, c, 1.0)
+    assert config.eval.solver == "euler" and config.eval.step_counts == (100,) and config.dataset.name == "cifar10"
     with pytest.raises(ValueError, match="variant"):
-        kac_cifar10.get_config("a1_c1")
+        cifar10_kac.get_config("a1_c1")

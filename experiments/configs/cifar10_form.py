@@ -4,4 +4,4 @@ from experiments.configs.image_base import cifar10
 
 
 def get_config():
-    return cifar10("form_cifar10")  # one particle per image, c ≈ 8·sqrt(3072)
+    return cifar10("form", c=443.0, event_ndim=3)  # one particle per image, c ≈ 8·sqrt(3072)

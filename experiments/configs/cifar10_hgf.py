@@ -5,10 +5,11 @@ sigma_v, preconditioning and sampler settings were not available (papers.md §3.
 - path `hgf_osc` (alpha = 1, sigma_v = 1: source N(0, I) for data in [-1, 1]; in our time the oscillation flow is
   the trigonometric path x_t = sin(pi t/2) x1 + cos(pi t/2) z0, whatever alpha);
 - the papers' 38 M-parameter U-Net and training protocol from `image_base.cifar10`;
-- EDM's deterministic Heun sampler with 18 steps. EDM counts NFE 35 because its last step is an Euler step;
+- a deterministic Heun sampler with 18 steps. EDM counts NFE 35 because its last step is an Euler step;
   Diffrax's Heun spends two evaluations on every step, so the project's sampler reports NFE 36 for the same grid.
-  EDM also spaces its steps by the rho = 7 schedule in sigma; the project's sampler uses a uniform grid in t
-  (uniform in the oscillation clock tau); the `edm` block records the recipe for a sampler that reads it.
+  EDM also spaces its steps by the rho = 7 schedule in sigma (sigma_min 0.002, sigma_max 80, sigma_data 0.5); the
+  project's sampler uses a uniform grid in t (uniform in the oscillation clock tau): the EDM grid is not
+  implemented.
 """
 
 import ml_collections
@@ -17,10 +18,7 @@ from experiments.configs.image_base import cifar10
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = cifar10("hgf_osc")
+    c = cifar10("hgf_osc", alpha=1.0, sigma_v=1.0)
     c.eval.solver = "heun"
-    c.eval.num_steps = 18  # EDM Heun grid: NFE 35 in EDM's count, 36 with Diffrax Heun
-    c.edm = ml_collections.ConfigDict(
-        dict(heun_steps=18, nfe=35, rho=7.0, sigma_min=0.002, sigma_max=80.0, sigma_data=0.5, last_step_euler=True)
-    )
+    c.eval.step_counts = (18,)  # EDM Heun grid: NFE 35 in EDM's count, 36 with Diffrax Heun
     return c
