@@ -185,28 +185,51 @@ def test_schedule_transform_issue_example_cosine_to_cond_ot():
     # (the zero-derivative bisection gave (-0.5, 1.167)).
     with jax.enable_x64(True):
         v = lambda x, t: P.gaussian_marginal_velocity(P.Cosine(), _MEAN, _COV, x, t)  # noqa: E731
-        out = P.schedule_transform(v, P.Cosine(), P.CondOT())(jnp.array([0.3, -0.7]), jnp.asarray(0.4))
+        out = jax.jit(P.schedule_transform(v, P.Cosine(), P.CondOT()))(jnp.array([0.3, -0.7]), jnp.asarray(0.4))
         np.testing.assert_allclose(out, [0.99141631, 0.07403433], rtol=1e-7)
 
 
-@pytest.mark.parametrize("trained", list(TRANSFORM_SCHEDULES))
-def test_schedule_transform_maps_exact_velocity_for_every_pair(trained):
-    """A velocity exact for `trained`, transformed to each target schedule, is the exact velocity of the target."""
+def _check_transform_pairs(pairs):
+    """For each (trained, target) name pair: a velocity exact for `trained`, transformed to `target`, is the exact
+    velocity of the target, at three times, all pairs in one compiled function."""
     with jax.enable_x64(True):
-        tr = TRANSFORM_SCHEDULES[trained]()
-        v = lambda x, t: P.gaussian_marginal_velocity(tr, _MEAN, _COV, x, t)  # noqa: E731
-        lo, hi = float(tr.snr(1e-3)), float(tr.snr(1.0 - 1e-3))
+        built = {n: TRANSFORM_SCHEDULES[n]() for n in {n for pair in pairs for n in pair}}
+        rs = jnp.array([0.3, 0.5, 0.7])
         x = jnp.array([0.3, -0.7])
-        for target in TRANSFORM_SCHEDULES:
-            tg = TRANSFORM_SCHEDULES[target]()
-            fn = jax.jit(P.schedule_transform(v, tr, tg))
-            # The transform exists where the target's snr lies inside the trained schedule's snr range.
-            rs = [r for r in (0.3, 0.5, 0.7) if lo < float(tg.snr(r)) < hi]
-            assert rs, (trained, target)
-            for r in rs:
-                expected = P.gaussian_marginal_velocity(tg, _MEAN, _COV, x, r)
-                np.testing.assert_allclose(fn(x, jnp.asarray(r)), expected, rtol=1e-6, atol=1e-8,
-                                           err_msg=f"{trained} -> {target} at r={r}")
+
+        @jax.jit
+        def matrix(x, rs):
+            out, exact, inside = [], [], []
+            for trained, target in pairs:
+                tr, tg = built[trained], built[target]
+                v = lambda z, t, tr=tr: P.gaussian_marginal_velocity(tr, _MEAN, _COV, z, t)  # noqa: E731
+                fn = P.schedule_transform(v, tr, tg)
+                out.append(jax.vmap(lambda r, fn=fn: fn(x, r))(rs))
+                exact.append(jax.vmap(lambda r, tg=tg: P.gaussian_marginal_velocity(tg, _MEAN, _COV, x, r))(rs))
+                snr = jax.vmap(tg.snr)(rs)
+                inside.append((snr > tr.snr(1e-3)) & (snr < tr.snr(1.0 - 1e-3)))
+            return jnp.stack(out), jnp.stack(exact), jnp.stack(inside)
+
+        out, exact, inside = (np.asarray(a) for a in matrix(x, rs))
+        # The transform exists where the target's snr lies inside the trained schedule's snr range; every pair has
+        # at least one such time here.
+        assert inside.any(axis=-1).all(), [pairs[i] for i in np.flatnonzero(~inside.any(axis=-1))]
+        for i, k in np.argwhere(inside):
+            np.testing.assert_allclose(out[i, k], exact[i, k], rtol=1e-6, atol=1e-8,
+                                       err_msg=f"{pairs[i][0]} -> {pairs[i][1]} at r={float(rs[k])}")
+
+
+def test_schedule_transform_maps_exact_velocity_to_and_from_cond_ot():
+    # Every schedule as the trained one (its snr_inverse differentiated) and as the target; the full matrix below.
+    names = list(TRANSFORM_SCHEDULES)
+    _check_transform_pairs([(n, "cond_ot") for n in names] + [("cond_ot", n) for n in names[1:]])
+
+
+@pytest.mark.slow
+def test_schedule_transform_maps_exact_velocity_for_every_pair():
+    # All 64 trained x target pairs (about a minute to compile on two cores).
+    names = list(TRANSFORM_SCHEDULES)
+    _check_transform_pairs([(a, b) for a in names for b in names])
 
 
 @pytest.mark.parametrize("name", list(TRANSFORM_SCHEDULES))
@@ -216,17 +239,23 @@ def test_snr_inverse_derivative_matches_finite_differences(name):
     with jax.enable_x64(True):
         sch = TRANSFORM_SCHEDULES[name]()
         target = P.Cosine()
-        for inverse in (sch.snr_inverse, lambda s: P.AbstractSchedule.snr_inverse(sch, s)):
-            time_map = lambda r: inverse(target.snr(r))  # noqa: E731
-            for r in (0.3, 0.5, 0.7):
-                r = jnp.asarray(r)
-                jvp = jax.jvp(time_map, (r,), (jnp.ones_like(r),))[1]
-                h = 1e-5
-                fd = (time_map(r + h) - time_map(r - h)) / (2 * h)
-                # KO: piecewise-linear table, so a central difference is exact only to O(grid step) near a kink.
-                tol = 2e-3 if name == "kinetic_optimal" else 1e-6
-                np.testing.assert_allclose(jvp, fd, rtol=tol, err_msg=f"{name} r={float(r)}")
-                assert float(jvp) > 0
+        rs, h = jnp.array([0.3, 0.5, 0.7]), 1e-5
+
+        @jax.jit
+        def jvp_and_fd(rs):
+            res = []
+            for inverse in (sch.snr_inverse, lambda s: P.AbstractSchedule.snr_inverse(sch, s)):
+                time_map = lambda r, inverse=inverse: inverse(target.snr(r))  # noqa: E731
+                jvp = jax.vmap(lambda r, tm=time_map: jax.jvp(tm, (r,), (jnp.ones_like(r),))[1])(rs)
+                fd = (jax.vmap(time_map)(rs + h) - jax.vmap(time_map)(rs - h)) / (2 * h)
+                res.append((jvp, fd))
+            return res
+
+        for jvp, fd in jvp_and_fd(rs):
+            # KO: piecewise-linear table, so a central difference is exact only to O(grid step) near a kink.
+            tol = 2e-3 if name == "kinetic_optimal" else 1e-6
+            np.testing.assert_allclose(jvp, fd, rtol=tol, err_msg=name)
+            assert np.all(np.asarray(jvp) > 0)
 
 
 def test_bisection_inverse_differentiates_in_the_hyper_parameters():
@@ -235,8 +264,8 @@ def test_bisection_inverse_differentiates_in_the_hyper_parameters():
     with jax.enable_x64(True):
         snr = jnp.asarray(0.8)
         for build, field in ((P.Polynomial, "n"), (lambda v: P.VP(beta_max=v), "beta_max")):
-            generic = jax.grad(lambda v: P.AbstractSchedule.snr_inverse(build(v), snr))(jnp.asarray(3.0))
-            closed = jax.grad(lambda v: build(v).snr_inverse(snr))(jnp.asarray(3.0))
+            generic = jax.jit(jax.grad(lambda v: P.AbstractSchedule.snr_inverse(build(v), snr)))(jnp.asarray(3.0))
+            closed = jax.jit(jax.grad(lambda v: build(v).snr_inverse(snr)))(jnp.asarray(3.0))
             assert abs(float(closed)) > 1e-3, field
             np.testing.assert_allclose(generic, closed, rtol=1e-8, err_msg=field)
 
