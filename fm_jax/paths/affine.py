@@ -3,9 +3,10 @@
 Schedules are small frozen modules with `alpha(t)` and `sigma(t)`; their time derivatives come from `jax.jvp`
 unless a closed form is written (tests compare the two). `snr_inverse` is closed-form for CondOT, VP, VE, Cosine,
 Polynomial and LinearVP; any other schedule (e.g. the kinetic-optimal one) inverts by bisection with an
-implicit-function derivative, so `schedule_transform`'s time map differentiates correctly either way. All follow our convention: noise at t = 0, data at
-t = 1. Schedules that only approach the ends (VP reaches alpha(0) = exp(-(beta_min + beta_max)/4) ~ 0.007; VE
-keeps sigma(1) = sigma_min) say so in their docstrings; `AffinePath.sample_source` draws N(0, sigma(0)^2 I).
+implicit-function derivative, so `schedule_transform`'s time map differentiates correctly either way.
+All follow our convention: noise at t = 0, data at t = 1. Schedules that only approach the ends (VP reaches
+alpha(0) = exp(-(beta_min + beta_max)/4) ~ 0.007; VE keeps sigma(1) = sigma_min) say so in their docstrings;
+`AffinePath.sample_source` draws N(0, sigma(0)^2 I).
 
 Prediction conversions (x is the state, u the velocity, x1 the data prediction, eps the noise x0):
     u   = alpha' x1 + sigma' eps,      x = alpha x1 + sigma eps,
