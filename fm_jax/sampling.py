@@ -97,6 +97,20 @@ def _check_grid(ts) -> Array:
     return ts
 
 
+def _check_integrate_args(solver, num_steps, ts, save_trajectory):
+    if num_steps is not None and num_steps < 1:
+        raise ValueError(f"num_steps must be a positive integer, got {num_steps}")
+    if num_steps is None and not isinstance(solver, diffrax.AbstractAdaptiveSolver):
+        raise ValueError(f"{type(solver).__name__} is not adaptive; give num_steps (or ts) or use Tsit5/Dopri5")
+    if ts is not None:
+        if save_trajectory is not None:
+            raise ValueError("give ts (the times to step on and save at) or save_trajectory, not both")
+        return _check_grid(ts)
+    if save_trajectory is not None and save_trajectory < 2:
+        raise ValueError(f"save_trajectory must be at least 2 (both end points), got {save_trajectory}")
+    return None
+
+
 def integrate(
     vector_field: Callable[[Array, State], State],
     z0: State,
@@ -129,16 +143,7 @@ def integrate(
     Example:
         >>> z1, nfe, traj, ts = integrate(f, z0, ts=jnp.array([1.0, 0.9, 0.5, 0.0]))   # three steps, backwards
     """
-    if num_steps is not None and num_steps < 1:
-        raise ValueError(f"num_steps must be a positive integer, got {num_steps}")
-    if num_steps is None and not isinstance(solver, diffrax.AbstractAdaptiveSolver):
-        raise ValueError(f"{type(solver).__name__} is not adaptive; give num_steps (or ts) or use Tsit5/Dopri5")
-    if ts is not None:
-        if save_trajectory is not None:
-            raise ValueError("give ts (the times to step on and save at) or save_trajectory, not both")
-        ts = _check_grid(ts)
-    elif save_trajectory is not None and save_trajectory < 2:
-        raise ValueError(f"save_trajectory must be at least 2 (both end points), got {save_trajectory}")
+    ts = _check_integrate_args(solver, num_steps, ts, save_trajectory)
     return _integrate(vector_field, z0, solver=solver, num_steps=num_steps, rtol=rtol, atol=atol, t0=t0, t1=t1,
                       ts=ts, save_trajectory=save_trajectory, max_steps=max_steps)
 
@@ -206,9 +211,18 @@ def sample_from(
         >>> code = sample_from(path, apply, params, x, t0=1.0, t1=0.0, num_steps=50).state       # encode
         >>> x_back = sample_from(path, apply, params, code, num_steps=50).samples                # decode
     """
-    z1, nfe, traj, ts_out = integrate(
+    ts = _check_integrate_args(solver, num_steps, ts, save_trajectory)
+    return _sample_from(path, apply, params, z0, solver=solver, num_steps=num_steps, rtol=rtol, atol=atol, t0=t0,
+                        t1=t1, ts=ts, save_trajectory=save_trajectory)
+
+
+@eqx.filter_jit
+def _sample_from(path, apply, params, z0, *, solver, num_steps, rtol, atol, t0, t1, ts, save_trajectory):
+    # Compiled with path, apply and params as arguments (the vector field is built inside the trace), so new
+    # parameters or hyper-parameter values reuse the compiled solve.
+    z1, nfe, traj, ts_out = _integrate(
         model_vector_field(path, apply, params), z0, solver=solver, num_steps=num_steps, rtol=rtol, atol=atol,
-        t0=t0, t1=t1, ts=ts, save_trajectory=save_trajectory,
+        t0=t0, t1=t1, ts=ts, save_trajectory=save_trajectory, max_steps=16_384,
     )
     return SampleResult(path.readout(z1), z1, nfe, traj, ts_out)
 

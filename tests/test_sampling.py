@@ -165,3 +165,21 @@ def test_sample_returns_data_shaped_samples_and_trajectory():
     assert res.trajectory.shape == (11, 500, 2) and res.ts.shape == (11,)
     np.testing.assert_allclose(res.trajectory[-1], res.samples, atol=1e-6)
     np.testing.assert_allclose(res.samples.mean(0), mean, atol=0.1)  # 5 standard errors at n = 500, sd 0.45
+
+
+def test_sampler_and_likelihood_compile_once_across_params_and_hyper_parameters():
+    traces = []
+
+    def apply(params, z, t):
+        traces.append(1)  # runs once per trace, not per call
+        return params * z
+
+    x = jnp.ones((4, 2))
+    counts = []
+    for scale, sigma_min in ((0.5, 0.0), (0.7, 0.05), (0.9, 0.1)):
+        path = P.AffinePath(P.CondOT(sigma_min))
+        sample(jax.random.key(0), path, apply, jnp.asarray(scale), 4, (2,), num_steps=3)
+        sample_from(path, apply, jnp.asarray(scale), x, t0=1.0, t1=0.0, num_steps=3)
+        log_likelihood(path, apply, jnp.asarray(scale), x, solver=diffrax.Euler(), num_steps=3)
+        counts.append(len(traces))
+    assert counts[0] > 0 and counts[1] == counts[2] == counts[0], counts
