@@ -55,3 +55,20 @@ def test_checked_mode_finite_check_under_jit():
             jax.block_until_ready(f(jnp.array([1.0, jnp.inf, 0.0])))
     with pytest.raises(ValueError, match="1 non-finite"):
         check_finite(np.array([1.0, np.nan]))
+
+
+@pytest.mark.slow
+def test_checked_mode_covers_every_path_under_jit_and_vmap():
+    # Every registered path (Kac included: its sampler loop must not start on a bad t), ~1 min of compiles.
+    from tests.all_paths import ALL_PATHS
+
+    x1 = jnp.array([0.7, -0.4])
+    keys = jax.random.split(jax.random.key(0), 2)
+    with fm_jax.checks():
+        for case in ALL_PATHS:
+            path = case.make()
+            f = jax.jit(jax.vmap(lambda k, t, path=path: path.sample_conditional(k, x1, t)))
+            jax.block_until_ready(f(keys, jnp.array([0.3, 1.0])))
+            for bad in (1.5, float("nan")):  # same compiled function, one bad element in the batch
+                with pytest.raises(Exception, match=r"t must lie in \[0, 1\]"):
+                    jax.block_until_ready(f(keys, jnp.array([0.3, bad])))
