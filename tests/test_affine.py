@@ -187,6 +187,14 @@ def test_schedule_transform_issue_example_cosine_to_cond_ot():
         v = lambda x, t: P.gaussian_marginal_velocity(P.Cosine(), _MEAN, _COV, x, t)  # noqa: E731
         out = jax.jit(P.schedule_transform(v, P.Cosine(), P.CondOT()))(jnp.array([0.3, -0.7]), jnp.asarray(0.4))
         np.testing.assert_allclose(out, [0.99141631, 0.07403433], rtol=1e-7)
+    # float32: every schedule's closed-form inverse and the bisection's implicit derivative, to single precision.
+    mean, cov = _MEAN.astype(jnp.float32), _COV.astype(jnp.float32)
+    for trained in ("cosine", "vp", "poly2", "linear_vp", "kinetic_optimal"):
+        tr = TRANSFORM_SCHEDULES[trained]()
+        v = lambda x, t, tr=tr: P.gaussian_marginal_velocity(tr, mean, cov, x, t)  # noqa: E731
+        out = jax.jit(P.schedule_transform(v, tr, P.CondOT()))(jnp.array([0.3, -0.7]), jnp.asarray(0.4))
+        assert out.dtype == jnp.float32
+        np.testing.assert_allclose(out, [0.99141631, 0.07403433], rtol=2e-4, err_msg=trained)
 
 
 def _check_transform_pairs(pairs):
