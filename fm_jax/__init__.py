@@ -19,10 +19,13 @@ from . import paths as paths
 from . import relativistic as relativistic
 from . import sampling as sampling
 from . import training as training
+from ._checks import checks as checks
+from ._checks import checks_enabled as checks_enabled
 from .losses import flow_matching_loss as flow_matching_loss
 from .paths.base import PathSample as PathSample
 from .sampling import log_likelihood as log_likelihood
 from .sampling import sample as sample
+from .sampling import sample_from as sample_from
 from .training import TrainState as TrainState
 from .training import init_train_state as init_train_state
 from .training import make_optimizer as make_optimizer

@@ -19,9 +19,10 @@ Bits/dim: data x = 2 (k + u)/L − 1 (see `fm_jax.data.images`) has density p_x;
 y = k + u have log p_y = log p_x + D log(2/L), and bits/dim = −log p_y / (D log 2) (an upper bound on the
 discrete model's code length; Theis et al. 2016). log p_x comes from the instantaneous change of variables
     log p_1(x) = log p_0(z_0) − ∫_0^1 div u_t(z_t) dt
-with the divergence exact (d Jacobian-vector products; `fm_jax.sampling.log_likelihood`) or estimated by
-Hutchinson's trace estimator div u ≈ εᵀ (∂u/∂z) ε with one fixed ε ~ Rademacher per example along the whole
-trajectory (FFJORD, Grathwohl et al. 2019): unbiased, one jvp per probe.
+by the one likelihood integrator, `fm_jax.sampling.log_likelihood`, with the divergence exact
+(`sampling.Exact()`, d Jacobian-vector products) or estimated by Hutchinson's trace estimator
+(`sampling.Hutchinson(k)`: div u ≈ εᵀ (∂u/∂z) ε with fixed ε ~ Rademacher per example along the whole trajectory;
+FFJORD, Grathwohl et al. 2019; unbiased, one jvp per probe).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -242,23 +242,18 @@ def inception_feature_fn(weights_path: str | None = None) -> FeatureFn:
 
 
 def exact_divergence(f: Callable[[Array], Array], x: Array) -> Array:
-    """tr(∂f/∂x) of f: (*d) → (*d) at one point x, exactly (d forward-mode products). For low dimension."""
-    flat = x.reshape(-1)
-    jac = jax.jacfwd(lambda y: f(y.reshape(x.shape)).reshape(-1))(flat)
-    return jnp.trace(jac)
+    """tr(∂f/∂x) of f: (*d) → (*d) at one point x, exactly (`sampling.Exact`; d forward-mode products)."""
+    return sampling.Exact().value_and_divergence(f, x, None)[1]
 
 
 def hutchinson_divergence(key: Key, f: Callable[[Array], Array], x: Array, num_probes: int = 1) -> Array:
-    """Hutchinson's unbiased estimate of tr(∂f/∂x) at one point x: mean over Rademacher ε of εᵀ (∂f/∂x) ε.
-
-    Variance per probe: 2 Σ_{i≠j} A_ij² for a symmetric Jacobian A (exact when A is diagonal).
+    """Hutchinson's unbiased estimate of tr(∂f/∂x) at one point x (`sampling.Hutchinson`): mean over Rademacher ε
+    of εᵀ (∂f/∂x) ε. Variance per probe: 2 Σ_{i≠j} A_ij² for a symmetric Jacobian A (exact when A is diagonal).
     """
-    eps = jax.random.rademacher(key, (num_probes,) + x.shape, dtype=x.dtype)
-    jvp = jax.vmap(lambda e: jax.jvp(f, (x,), (e,))[1])(eps)
-    return jnp.mean(jnp.sum((eps * jvp).reshape(num_probes, -1), axis=-1))
+    estimator = sampling.Hutchinson(num_probes)
+    return estimator.value_and_divergence(f, x, estimator.probes(key, x))[1]
 
 
-@eqx.filter_jit
 def log_likelihood_hutchinson(
     key: Key,
     path: AbstractPath,
@@ -274,29 +269,11 @@ def log_likelihood_hutchinson(
 ) -> tuple[Array, Array]:
     """Unbiased estimate of log p_1(x) for data x (n, *d) under the model's flow (first-order paths).
 
-    Integrates (z, Δ) backwards from (x, 0) at t = 1 to t = 0 with dΔ/dt = −εᵀ (∂u_t/∂z) ε, each example keeping
-    its `num_probes` Rademacher probes ε for the whole trajectory; log p_1(x) = log p_0(z_0) − Δ(0). One batched
-    jvp per probe and evaluation (the model must treat examples independently, as the U-Net and MLP do).
-    Returns (log_prob (n,), nfe).
+    `sampling.log_likelihood` with `divergence=sampling.Hutchinson(num_probes)`: each example keeps its
+    `num_probes` Rademacher probes for the whole trajectory. Returns (log_prob (n,), nfe).
     """
-    eps = jax.random.rademacher(key, (num_probes,) + x.shape, dtype=x.dtype)
-
-    def rhs(t, state):
-        z, _ = state
-
-        def velocity(y):
-            return path.vector_field(apply(params, y, t), y, t)
-
-        u, jvps = jax.vmap(lambda e: jax.jvp(velocity, (z,), (e,)), out_axes=(None, 0))(eps)
-        div = jnp.mean(jnp.sum((eps * jvps).reshape(num_probes, z.shape[0], -1), axis=-1), axis=0)
-        return u, -div
-
-    init = (x, jnp.zeros(x.shape[0], x.dtype))
-    (z0, delta), nfe, _, _ = sampling.integrate(
-        rhs, init, solver=solver, num_steps=num_steps, rtol=rtol, atol=atol, t0=1.0, t1=0.0
-    )
-    # Backwards: delta = ∫_1^0 (−div) dt = ∫_0^1 div dt, so log p1 = log p0(z0) − delta.
-    return jax.vmap(path.source_log_prob)(z0) - delta, nfe
+    return sampling.log_likelihood(path, apply, params, x, divergence=sampling.Hutchinson(num_probes), key=key,
+                                   solver=solver, num_steps=num_steps, rtol=rtol, atol=atol)
 
 
 def bits_per_dim(log_prob: Array, num_dims: int, levels: int = 256) -> Array:
@@ -324,12 +301,9 @@ def model_bits_per_dim(
     `exact=True` uses the exact divergence (`fm_jax.sampling.log_likelihood`; cost d jvps per evaluation, for low
     dimension); otherwise Hutchinson's estimator with `num_probes` probes (images).
     """
-    if exact:
-        log_prob, nfe = sampling.log_likelihood(path, apply, params, x, solver=solver, num_steps=num_steps,
-                                                rtol=rtol, atol=atol)
-    else:
-        log_prob, nfe = log_likelihood_hutchinson(key, path, apply, params, x, num_probes=num_probes, solver=solver,
-                                                  num_steps=num_steps, rtol=rtol, atol=atol)
+    divergence = sampling.Exact() if exact else sampling.Hutchinson(num_probes)
+    log_prob, nfe = sampling.log_likelihood(path, apply, params, x, divergence=divergence, key=key, solver=solver,
+                                            num_steps=num_steps, rtol=rtol, atol=atol)
     return bits_per_dim(log_prob, math.prod(x.shape[1:]), levels), nfe
 
 

@@ -1,17 +1,31 @@
-"""Sampling with Diffrax: integrate dz/dt = path.vector_field(model(z, t), z, t) from t = 0 to t = 1.
+"""Sampling with Diffrax: integrate dz/dt = path.vector_field(model(z, t), z, t) between any two times.
 
-Fixed grids (`num_steps` with Euler, Heun, Midpoint, …) use `diffrax.StepTo` on an exact uniform grid, so a
-step count is never silently changed; adaptive solvers (Tsit5, Dopri5) use a PID controller. Every call
-returns the number of model evaluations actually used (NFE), counted from Diffrax's step statistics and the
-solver's stage count (tested against an explicit counter).
+`sample` draws source states and integrates from t = 0 to t = 1; `sample_from` starts from given states z0 and
+integrates between any two times (t0 > t1 runs backwards, e.g. data -> noise to encode, `t0=1, t1=0`); `integrate`
+does the same for any vector field. Time grids: `num_steps` with a fixed-step solver (Euler, Heun, Midpoint, …)
+uses `diffrax.StepTo` on an exact uniform grid, so a step count is never silently changed; `ts` gives any
+strictly monotone grid (non-uniform, ascending or descending), on which a fixed-step solver steps and at which the
+states are returned; `num_steps=None` uses an adaptive solver (Tsit5, Dopri5) with a PID controller (saving at
+`ts` if given). Any Diffrax solver works.
 
-Exact log-likelihood integrates the state and the divergence of the velocity backwards from the data at t = 1 to
-the source at t = 0 (instantaneous change of variables, Chen et al. 2018):
-    log p_1(x) = log p_0(z_0) − ∫_0^1 div u_t(z_t) dt.
+NFE (model evaluations) is counted from Diffrax's step statistics (`sol.stats["num_accepted_steps"]`,
+`["num_rejected_steps"]`) times the solver's evaluations per step, read from its Butcher tableau for explicit
+Runge–Kutta solvers (stages, minus one for first-same-as-last tableaus, which spend one extra evaluation at the
+start) and known for Euler. For other solvers (implicit, reversible, SDE, multi-tableau) the count is not known
+and `nfe` is `None` (tested against an explicit counter).
+
+Log-likelihood integrates the state and the divergence of the velocity backwards from the data at t = 1 to the
+source at t = 0 (instantaneous change of variables, Chen et al. 2018):
+    log p_1(x) = log p_0(z_0) − ∫_0^1 div u_t(z_t) dt,
+with the divergence estimator passed as an object, the way Diffrax takes solvers: `Exact()` (one forward-mode
+Jacobian per example, cost d jvps; low dimension) or `Hutchinson(num_probes)` (FFJORD, Grathwohl et al. 2019:
+div u ≈ mean over Rademacher probes ε, fixed per example along the trajectory, of εᵀ (∂u/∂z) ε; unbiased, one jvp
+per probe; needs a `key`).
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -19,42 +33,47 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from ._typing import Array, Key, Params, State
+from ._checks import is_concrete
+from ._typing import Array, Key, Params, PyTree, Scalar, State
 from .paths.base import AbstractPath
-
-# Model evaluations per attempted step, and whether the solver reuses its last stage (FSAL: one extra
-# evaluation at the start of the solve instead of one per step).
-_STAGES: dict[type, tuple[int, bool]] = {
-    diffrax.Euler: (1, False),
-    diffrax.Heun: (2, False),
-    diffrax.Midpoint: (2, False),
-    diffrax.Ralston: (2, False),
-    diffrax.Bosh3: (3, True),
-    diffrax.Tsit5: (6, True),
-    diffrax.Dopri5: (6, True),
-    diffrax.Dopri8: (12, True),
-}
 
 
 class SampleResult(NamedTuple):
-    """Samples in data space, the final state, the NFE used, and (optionally) the trajectory of states."""
+    """End points in data space, the final state, the NFE used (None if not countable), and (optionally) the states
+    at the times `ts` (leading time axis)."""
 
     samples: Array
     state: State
-    nfe: Array
+    nfe: Array | None
     trajectory: State | None
     ts: Array | None
 
 
-def count_nfe(solver: diffrax.AbstractSolver, num_accepted: Array, num_rejected: Array) -> Array:
-    """Model evaluations used by a Diffrax solve with `solver`, from its accepted and rejected step counts."""
-    try:
-        per_step, fsal = _STAGES[type(solver)]
-    except KeyError:
-        raise ValueError(f"NFE accounting does not know solver {type(solver).__name__}; known: "
-                         + ", ".join(t.__name__ for t in _STAGES)) from None
-    return per_step * (num_accepted + num_rejected) + (1 if fsal else 0)
+def evaluations_per_step(solver: diffrax.AbstractSolver) -> tuple[int, bool] | None:
+    """(vector-field evaluations per attempted step, whether one extra evaluation is spent at the start) for
+    `solver`, or None where it cannot be known (implicit, reversible, multi-tableau and other solvers).
+
+    Explicit Runge–Kutta: an s-stage tableau costs s evaluations a step, or s − 1 when first-same-as-last (the
+    last stage is the next step's first; the first step's first stage is the extra evaluation). Euler: 1.
+    """
+    if isinstance(solver, diffrax.Euler):
+        return 1, False
+    if isinstance(solver, diffrax.AbstractERK) and isinstance(solver.tableau, diffrax.ButcherTableau):
+        stages = len(solver.tableau.c) + 1
+        return (stages - 1, True) if solver.tableau.fsal else (stages, False)
+    return None
+
+
+def count_nfe(solver: diffrax.AbstractSolver, num_accepted: Array, num_rejected: Array) -> Array | None:
+    """Model evaluations used by a Diffrax solve with `solver`, from its accepted and rejected step counts; None
+    when the solver's evaluations per step are not known (see `evaluations_per_step`)."""
+    per_step = evaluations_per_step(solver)
+    if per_step is None:
+        return None
+    n, extra = per_step
+    return n * (num_accepted + num_rejected) + (1 if extra else 0)
 
 
 def model_vector_field(path: AbstractPath, apply: Callable, params: Params) -> Callable[[Array, State], State]:
@@ -66,7 +85,32 @@ def model_vector_field(path: AbstractPath, apply: Callable, params: Params) -> C
     return f
 
 
-@eqx.filter_jit
+def _check_grid(ts) -> Array:
+    """`ts` as a 1-D array of at least two strictly monotone times (values checked where concrete)."""
+    ts = jnp.asarray(ts, dtype=jnp.result_type(ts, float))
+    if ts.ndim != 1 or ts.shape[0] < 2:
+        raise ValueError(f"ts must be a 1-D grid of at least 2 times, got shape {ts.shape}")
+    if is_concrete(ts):
+        d = np.diff(np.asarray(ts))
+        if not (np.all(d > 0) or np.all(d < 0)):
+            raise ValueError(f"ts must be strictly increasing or strictly decreasing, got {np.asarray(ts).tolist()}")
+    return ts
+
+
+def _check_integrate_args(solver, num_steps, ts, save_trajectory):
+    if num_steps is not None and num_steps < 1:
+        raise ValueError(f"num_steps must be a positive integer, got {num_steps}")
+    if num_steps is None and not isinstance(solver, diffrax.AbstractAdaptiveSolver):
+        raise ValueError(f"{type(solver).__name__} is not adaptive; give num_steps (or ts) or use Tsit5/Dopri5")
+    if ts is not None:
+        if save_trajectory is not None:
+            raise ValueError("give ts (the times to step on and save at) or save_trajectory, not both")
+        return _check_grid(ts)
+    if save_trajectory is not None and save_trajectory < 2:
+        raise ValueError(f"save_trajectory must be at least 2 (both end points), got {save_trajectory}")
+    return None
+
+
 def integrate(
     vector_field: Callable[[Array, State], State],
     z0: State,
@@ -77,37 +121,49 @@ def integrate(
     atol: float = 1e-5,
     t0: float = 0.0,
     t1: float = 1.0,
+    ts: Array | None = None,
     save_trajectory: int | None = None,
     max_steps: int = 16_384,
-) -> tuple[State, Array, State | None, Array | None]:
-    """Integrate dz/dt = vector_field(t, z) from t0 to t1.
+) -> tuple[State, Array | None, State | None, Array | None]:
+    """Integrate dz/dt = vector_field(t, z) from t0 to t1 (t1 < t0 integrates backwards).
 
     Args:
         vector_field: `f(t, z) -> dz/dt` on the (batched) state.
         z0: initial state (array or pytree).
-        solver: a Diffrax solver. num_steps: fixed uniform grid of this many steps, or None for adaptive
-            stepping with a PID controller at (rtol, atol).
-        save_trajectory: if given, also return the state at this many uniformly spaced times (t0 and t1 included).
+        solver: any Diffrax solver. num_steps: fixed uniform grid of this many steps, or None for adaptive
+            stepping with a PID controller at (rtol, atol) (needs an adaptive solver).
+        t0, t1: start and end times (ignored when `ts` is given).
+        ts: a grid (m,) of strictly monotone times, ascending or descending, uniform or not; the solve runs from
+            ts[0] to ts[-1], a fixed-step solver steps exactly on it (num_steps is then only "not None"), and the
+            states at every ts are returned as the trajectory.
+        save_trajectory: if given (and ts is not), also return the state at this many uniformly spaced times.
     Returns:
-        (z1, nfe, trajectory or None, ts or None); trajectory leaves have a leading time axis.
+        (z1, nfe, trajectory or None, ts or None); trajectory leaves have a leading time axis; nfe is None when
+        the solver's evaluations per step are not known (see `count_nfe`).
+    Example:
+        >>> z1, nfe, traj, ts = integrate(f, z0, ts=jnp.array([1.0, 0.9, 0.5, 0.0]))   # three steps, backwards
     """
+    ts = _check_integrate_args(solver, num_steps, ts, save_trajectory)
+    return _integrate(vector_field, z0, solver=solver, num_steps=num_steps, rtol=rtol, atol=atol, t0=t0, t1=t1,
+                      ts=ts, save_trajectory=save_trajectory, max_steps=max_steps)
+
+
+@eqx.filter_jit
+def _integrate(vector_field, z0, *, solver, num_steps, rtol, atol, t0, t1, ts, save_trajectory, max_steps):
+    grid_given = ts is not None
+    if grid_given:
+        t0, t1 = ts[0], ts[-1]
     if num_steps is not None:
-        if num_steps < 1:
-            raise ValueError(f"num_steps must be a positive integer, got {num_steps}")
-        controller = diffrax.StepTo(ts=jnp.linspace(t0, t1, num_steps + 1))
+        step_ts = ts if grid_given else jnp.linspace(t0, t1, num_steps + 1)
+        controller = diffrax.StepTo(ts=step_ts)
         dt0 = None
-        max_steps = num_steps
+        max_steps = step_ts.shape[0] - 1
     else:
-        if not isinstance(solver, diffrax.AbstractAdaptiveSolver):
-            raise ValueError(f"{type(solver).__name__} is not adaptive; give num_steps or use Tsit5/Dopri5")
         controller = diffrax.PIDController(rtol=rtol, atol=atol)
         dt0 = (t1 - t0) / 100
-    if save_trajectory is not None:
+    if not grid_given and save_trajectory is not None:
         ts = jnp.linspace(t0, t1, save_trajectory)
-        saveat = diffrax.SaveAt(ts=ts)
-    else:
-        ts = None
-        saveat = diffrax.SaveAt(t1=True)
+    saveat = diffrax.SaveAt(ts=ts) if ts is not None else diffrax.SaveAt(t1=True)
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(lambda t, z, args: vector_field(t, z)),
         solver,
@@ -120,13 +176,57 @@ def integrate(
         max_steps=max_steps,
     )
     nfe = count_nfe(solver, sol.stats["num_accepted_steps"], sol.stats["num_rejected_steps"])
-    if save_trajectory is not None:
-        z1 = jax.tree_util.tree_map(lambda y: y[-1], sol.ys)
+    z1 = jax.tree_util.tree_map(lambda y: y[-1], sol.ys)
+    if ts is not None:
         return z1, nfe, sol.ys, ts
-    return jax.tree_util.tree_map(lambda y: y[0], sol.ys), nfe, None, None
+    return z1, nfe, None, None
+
+
+def sample_from(
+    path: AbstractPath,
+    apply: Callable,
+    params: Params,
+    z0: State,
+    *,
+    solver: diffrax.AbstractSolver = diffrax.Euler(),
+    num_steps: int | None = 100,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    t0: float = 0.0,
+    t1: float = 1.0,
+    ts: Array | None = None,
+    save_trajectory: int | None = None,
+) -> SampleResult:
+    """Integrate the model's vector field from given states z0 (batched, leading axis n) between two times.
+
+    Forwards (t0 = 0, t1 = 1) this is sampling from chosen source draws; backwards (t0 = 1, t1 = 0) it encodes
+    data into the source (first-order paths, whose state is the data point), and decoding the code again returns
+    the data up to the solver's error.
+    Args:
+        path, apply, params: as in `sample`. z0: batched states, (n, *d) for first-order paths.
+        solver, num_steps, rtol, atol, t0, t1, ts, save_trajectory: as in `integrate`.
+    Returns:
+        `SampleResult(path.readout(z_end), z_end, nfe, trajectory, ts)`.
+    Example:
+        >>> code = sample_from(path, apply, params, x, t0=1.0, t1=0.0, num_steps=50).state       # encode
+        >>> x_back = sample_from(path, apply, params, code, num_steps=50).samples                # decode
+    """
+    ts = _check_integrate_args(solver, num_steps, ts, save_trajectory)
+    return _sample_from(path, apply, params, z0, solver=solver, num_steps=num_steps, rtol=rtol, atol=atol, t0=t0,
+                        t1=t1, ts=ts, save_trajectory=save_trajectory)
 
 
 @eqx.filter_jit
+def _sample_from(path, apply, params, z0, *, solver, num_steps, rtol, atol, t0, t1, ts, save_trajectory):
+    # Compiled with path, apply and params as arguments (the vector field is built inside the trace), so new
+    # parameters or hyper-parameter values reuse the compiled solve.
+    z1, nfe, traj, ts_out = _integrate(
+        model_vector_field(path, apply, params), z0, solver=solver, num_steps=num_steps, rtol=rtol, atol=atol,
+        t0=t0, t1=t1, ts=ts, save_trajectory=save_trajectory, max_steps=16_384,
+    )
+    return SampleResult(path.readout(z1), z1, nfe, traj, ts_out)
+
+
 def sample(
     key: Key,
     path: AbstractPath,
@@ -139,6 +239,7 @@ def sample(
     num_steps: int | None = 100,
     rtol: float = 1e-5,
     atol: float = 1e-5,
+    ts: Array | None = None,
     save_trajectory: int | None = None,
 ) -> SampleResult:
     """Draw `num_samples` from the source, integrate the model's vector field from t = 0 to 1, read out.
@@ -147,65 +248,143 @@ def sample(
         key: PRNG key for the source draws. path: the path the model was trained on.
         apply, params: the batched model `apply(params, z, t)`.
         data_shape: shape of one data example (*d).
-        solver, num_steps, rtol, atol, save_trajectory: as in `integrate`.
+        solver, num_steps, rtol, atol, ts, save_trajectory: as in `integrate` (a grid `ts` should run from 0 to 1).
     Returns:
         `SampleResult(samples (n, *d), state, nfe, trajectory, ts)`.
 
     Compiled once per (apply, shapes, solver, step count): the path and params are traced arguments, so new
     parameters or hyper-parameter values reuse the compiled sampler.
     """
-    keys = jax.random.split(key, num_samples)
-    z0 = jax.vmap(lambda k: path.sample_source(k, tuple(data_shape)))(keys)
-    z1, nfe, traj, ts = integrate(
-        model_vector_field(path, apply, params), z0, solver=solver, num_steps=num_steps, rtol=rtol, atol=atol,
-        save_trajectory=save_trajectory,
-    )
-    return SampleResult(path.readout(z1), z1, nfe, traj, ts)
-
-
-def _value_and_divergence(f: Callable[[Array], Array], x: Array) -> tuple[Array, Array]:
-    """f(x) and its exact divergence tr(∂f/∂x) for f: (*d) -> (*d), from one forward-mode Jacobian (d jvps)."""
-
-    def flat(y):
-        out = f(y.reshape(x.shape))
-        return out.reshape(-1), out
-
-    jac, value = jax.jacfwd(flat, has_aux=True)(x.reshape(-1))
-    return value, jnp.trace(jac)
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples}")
+    z0 = _draw_source(key, path, num_samples, tuple(data_shape))
+    return sample_from(path, apply, params, z0, solver=solver, num_steps=num_steps, rtol=rtol, atol=atol, ts=ts,
+                       save_trajectory=save_trajectory)
 
 
 @eqx.filter_jit
+def _draw_source(key, path, num_samples, data_shape):
+    keys = jax.random.split(key, num_samples)
+    return jax.vmap(lambda k: path.sample_source(k, data_shape))(keys)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Divergence estimators and the log-likelihood
+
+
+class AbstractDivergence(eqx.Module):
+    """How `log_likelihood` gets div f = tr(∂f/∂z) of a single-example field f: (*d) -> (*d)."""
+
+    @abc.abstractmethod
+    def probes(self, key: Key | None, z: Array) -> PyTree:
+        """Per-example randomness drawn once for the whole trajectory (z: one example (*d))."""
+
+    @abc.abstractmethod
+    def value_and_divergence(self, f: Callable[[Array], Array], z: Array, probes: PyTree) -> tuple[Array, Scalar]:
+        """(f(z), divergence of f at z or an estimate of it) for one example z: (*d)."""
+
+
+class Exact(AbstractDivergence):
+    """Exact divergence from one forward-mode Jacobian (d jvps per evaluation): for low dimension."""
+
+    def probes(self, key, z):
+        del key, z
+        return None
+
+    def value_and_divergence(self, f, z, probes):
+        del probes
+
+        def flat(y):
+            out = f(y.reshape(z.shape))
+            return out.reshape(-1), out
+
+        jac, value = jax.jacfwd(flat, has_aux=True)(z.reshape(-1))
+        return value, jnp.trace(jac)
+
+
+class Hutchinson(AbstractDivergence):
+    """Hutchinson's unbiased estimate mean_k ε_kᵀ (∂f/∂z) ε_k with `num_probes` Rademacher probes ε_k per example,
+    fixed along the trajectory. Variance per probe: 2 Σ_{i≠j} A_ij² for a symmetric Jacobian A (zero when A is
+    diagonal). One jvp per probe and evaluation."""
+
+    num_probes: int = eqx.field(static=True, default=1)
+
+    def __check_init__(self):
+        if self.num_probes < 1:
+            raise ValueError(f"Hutchinson num_probes must be a positive integer, got {self.num_probes}")
+
+    def probes(self, key, z):
+        return jax.random.rademacher(key, (self.num_probes,) + z.shape, dtype=z.dtype)
+
+    def value_and_divergence(self, f, z, probes):
+        value, jvps = jax.vmap(lambda e: jax.jvp(f, (z,), (e,)), out_axes=(None, 0))(probes)
+        return value, jnp.mean(jnp.sum((probes * jvps).reshape(self.num_probes, -1), axis=-1))
+
+
+class LikelihoodResult(NamedTuple):
+    """log p_1(x) (n,), the NFE used (None if not countable), and the source points z_0 (n, *d) the data map to."""
+
+    log_prob: Array
+    nfe: Array | None
+    source: Array
+
+
 def log_likelihood(
     path: AbstractPath,
     apply: Callable,
     params: Params,
     x: Array,
     *,
+    divergence: AbstractDivergence = Exact(),
+    key: Key | None = None,
+    source_log_prob: Callable[[Array], Scalar] | None = None,
     solver: diffrax.AbstractSolver = diffrax.Tsit5(),
     num_steps: int | None = None,
     rtol: float = 1e-5,
     atol: float = 1e-5,
-) -> tuple[Array, Array]:
-    """Exact log-density log p_1(x) of the model's flow at data points x: (n, *d) (first-order paths).
+    return_source: bool = False,
+):
+    """Log-density log p_1(x) of the model's flow at data points x: (n, *d) (first-order paths).
 
-    The divergence is exact (a full Jacobian per example, cost d model jvps), so this is meant for low
-    dimension; the source must have a density (`path.source_log_prob`).
+    Integrates (z, Δ) backwards from (x, 0) at t = 1 to t = 0 with dΔ/dt = −div u_t(z), so that
+    log p_1(x) = log p_0(z_0) − Δ(0) with Δ(0) = ∫_0^1 div u_t(z_t) dt. The source must have a density (the path's
+    `source_log_prob`, or the `source_log_prob` given here for a model trained from another source law).
+    Args:
+        divergence: `Exact()` (default) or `Hutchinson(num_probes)` (unbiased; needs `key`).
+        key: PRNG key for the divergence estimator's probes (unused by `Exact`).
+        source_log_prob: log-density of one source point `(*d) -> ()`; default `path.source_log_prob`.
+        solver, num_steps, rtol, atol: as in `integrate`.
+        return_source: also return the source points z_0.
     Returns:
-        (log_prob (n,), nfe).
+        (log_prob (n,), nfe), or `LikelihoodResult(log_prob, nfe, source)` with `return_source=True`.
     """
+    if isinstance(divergence, Hutchinson) and key is None:
+        raise ValueError("Hutchinson divergence draws random probes: pass key=jax.random.key(...)")
+    if source_log_prob is None:
+        source_log_prob = path.source_log_prob
+    result = _log_likelihood(path, apply, params, x, divergence, key, source_log_prob, solver=solver,
+                             num_steps=num_steps, rtol=rtol, atol=atol)
+    return result if return_source else (result.log_prob, result.nfe)
 
-    def single_velocity(z, t):
-        return path.vector_field(apply(params, z[None], t), z[None], t)[0]
+
+@eqx.filter_jit
+def _log_likelihood(path, apply, params, x, divergence, key, source_log_prob, *, solver, num_steps, rtol, atol):
+    keys = None if key is None else jax.random.split(key, x.shape[0])
+    probes = jax.vmap(divergence.probes, in_axes=(None if keys is None else 0, 0))(keys, x)
+    field = model_vector_field(path, apply, params)
 
     def rhs(t, state):
         z, _ = state
-        # The velocity comes out of the same Jacobian evaluation as its divergence (no extra model call).
-        u, div = jax.vmap(lambda zi: _value_and_divergence(lambda y: single_velocity(y, t), zi))(z)
+
+        def one(zi, pi):
+            # The velocity comes out of the same evaluation as its divergence (no extra model call).
+            return divergence.value_and_divergence(lambda y: field(t, y[None])[0], zi, pi)
+
+        u, div = jax.vmap(one)(z, probes)
         return u, -div
 
     init = (x, jnp.zeros(x.shape[0], x.dtype))
-    (z0, delta), nfe, _, _ = integrate(
-        rhs, init, solver=solver, num_steps=num_steps, rtol=rtol, atol=atol, t0=1.0, t1=0.0
-    )
+    (z0, delta), nfe, _, _ = _integrate(rhs, init, solver=solver, num_steps=num_steps, rtol=rtol, atol=atol, t0=1.0,
+                                        t1=0.0, ts=None, save_trajectory=None, max_steps=16_384)
     # Integrating backwards: delta = ∫_1^0 (−div) dt = ∫_0^1 div dt, so log p1 = log p0(z0) − delta.
-    return jax.vmap(path.source_log_prob)(z0) - delta, nfe
+    return LikelihoodResult(jax.vmap(source_log_prob)(z0) - delta, nfe, z0)

@@ -23,6 +23,7 @@ SCHEDULES = {
     "ve": lambda: P.VE(0.01, 5.0),
     "cosine": lambda: P.Cosine(),
     "poly3": lambda: P.Polynomial(3.0),
+    "linear_vp": lambda: P.LinearVP(),
 }
 
 
@@ -158,16 +159,132 @@ def test_euler_converges_with_order_one_and_tsit5_agrees_with_fine_euler():
         np.testing.assert_allclose(np.log2(np.array(heun[:-1]) / np.array(heun[1:])), 2.0, atol=0.2)
 
 
-def test_schedule_transform_maps_exact_velocity_between_schedules():
-    # A velocity field that is exact for Cond-OT, transformed to the cosine schedule, is exact for cosine.
+def _ko():
+    from fm_jax.kinetic import ko_schedule
+
+    # A separation function other than 1 (lam = 1 gives Cond-OT): no closed-form snr inverse, so bisection + IFT.
+    return ko_schedule(lambda s: (0.5 + s**2) / (1.0 + s**2), num_grid=1025)
+
+
+# Every schedule, for the trained x target matrix (VE at a moderate sigma_max so its snr range overlaps the others).
+TRANSFORM_SCHEDULES = {
+    "cond_ot": lambda: P.CondOT(),
+    "cond_ot_smin": lambda: P.CondOT(0.05),
+    "vp": lambda: P.VP(),
+    "ve": lambda: P.VE(0.01, 5.0),
+    "cosine": lambda: P.Cosine(),
+    "poly2": lambda: P.Polynomial(2.0),
+    "linear_vp": lambda: P.LinearVP(),
+    "kinetic_optimal": _ko,
+}
+_MEAN, _COV = jnp.array([1.0, -0.5]), jnp.array([[0.5, 0.15], [0.15, 0.3]])
+
+
+def test_schedule_transform_issue_example_cosine_to_cond_ot():
+    # Exact Gaussian velocity at x = (0.3, -0.7), r = 0.4, trained on Cosine, sampled along Cond-OT: (0.991, 0.074)
+    # (the zero-derivative bisection gave (-0.5, 1.167)).
     with jax.enable_x64(True):
-        mean, cov = jnp.array([0.5, -1.0]), jnp.array([[0.7, 0.1], [0.1, 0.3]])
-        v_ot = lambda x, t: P.gaussian_marginal_velocity(P.CondOT(), mean, cov, x, t)
-        v_cos = P.schedule_transform(v_ot, P.CondOT(), P.Cosine())
-        for r in (0.1, 0.4, 0.8):
-            x = jnp.array([0.3, 0.2])
-            expected = P.gaussian_marginal_velocity(P.Cosine(), mean, cov, x, r)
-            np.testing.assert_allclose(v_cos(x, jnp.asarray(r)), expected, rtol=1e-6, atol=1e-8)
+        v = lambda x, t: P.gaussian_marginal_velocity(P.Cosine(), _MEAN, _COV, x, t)  # noqa: E731
+        out = jax.jit(P.schedule_transform(v, P.Cosine(), P.CondOT()))(jnp.array([0.3, -0.7]), jnp.asarray(0.4))
+        np.testing.assert_allclose(out, [0.99141631, 0.07403433], rtol=1e-7)
+    # float32: every schedule's closed-form inverse and the bisection's implicit derivative, to single precision.
+    mean, cov = _MEAN.astype(jnp.float32), _COV.astype(jnp.float32)
+    for trained in ("cosine", "vp", "poly2", "linear_vp", "kinetic_optimal"):
+        tr = TRANSFORM_SCHEDULES[trained]()
+        v = lambda x, t, tr=tr: P.gaussian_marginal_velocity(tr, mean, cov, x, t)  # noqa: E731
+        out = jax.jit(P.schedule_transform(v, tr, P.CondOT()))(jnp.array([0.3, -0.7]), jnp.asarray(0.4))
+        assert out.dtype == jnp.float32
+        np.testing.assert_allclose(out, [0.99141631, 0.07403433], rtol=2e-4, err_msg=trained)
+
+
+def _check_transform_pairs(pairs):
+    """For each (trained, target) name pair: a velocity exact for `trained`, transformed to `target`, is the exact
+    velocity of the target, at three times, all pairs in one compiled function."""
+    with jax.enable_x64(True):
+        built = {n: TRANSFORM_SCHEDULES[n]() for n in {n for pair in pairs for n in pair}}
+        rs = jnp.array([0.3, 0.5, 0.7])
+        x = jnp.array([0.3, -0.7])
+
+        @jax.jit
+        def matrix(x, rs):
+            out, exact, inside = [], [], []
+            for trained, target in pairs:
+                tr, tg = built[trained], built[target]
+                v = lambda z, t, tr=tr: P.gaussian_marginal_velocity(tr, _MEAN, _COV, z, t)  # noqa: E731
+                fn = P.schedule_transform(v, tr, tg)
+                out.append(jax.vmap(lambda r, fn=fn: fn(x, r))(rs))
+                exact.append(jax.vmap(lambda r, tg=tg: P.gaussian_marginal_velocity(tg, _MEAN, _COV, x, r))(rs))
+                snr = jax.vmap(tg.snr)(rs)
+                inside.append((snr > tr.snr(1e-3)) & (snr < tr.snr(1.0 - 1e-3)))
+            return jnp.stack(out), jnp.stack(exact), jnp.stack(inside)
+
+        out, exact, inside = (np.asarray(a) for a in matrix(x, rs))
+        # The transform exists where the target's snr lies inside the trained schedule's snr range; every pair has
+        # at least one such time here.
+        assert inside.any(axis=-1).all(), [pairs[i] for i in np.flatnonzero(~inside.any(axis=-1))]
+        for i, k in np.argwhere(inside):
+            np.testing.assert_allclose(out[i, k], exact[i, k], rtol=1e-6, atol=1e-8,
+                                       err_msg=f"{pairs[i][0]} -> {pairs[i][1]} at r={float(rs[k])}")
+
+
+def test_schedule_transform_maps_exact_velocity_to_and_from_cond_ot():
+    # Every schedule as the trained one (its snr_inverse differentiated) and as the target; the full matrix below.
+    names = list(TRANSFORM_SCHEDULES)
+    _check_transform_pairs([(n, "cond_ot") for n in names] + [("cond_ot", n) for n in names[1:]])
+
+
+@pytest.mark.slow
+def test_schedule_transform_maps_exact_velocity_for_every_pair():
+    # All 64 trained x target pairs (about a minute to compile on two cores).
+    names = list(TRANSFORM_SCHEDULES)
+    _check_transform_pairs([(a, b) for a in names for b in names])
+
+
+@pytest.mark.parametrize("name", list(TRANSFORM_SCHEDULES))
+def test_snr_inverse_derivative_matches_finite_differences(name):
+    """d/dr snr_inverse(snr_target(r)) (the time map of schedule_transform) by jvp vs central differences, for the
+    schedule's own inverse and for the generic bisection with its implicit-function derivative."""
+    with jax.enable_x64(True):
+        sch = TRANSFORM_SCHEDULES[name]()
+        target = P.Cosine()
+        rs, h = jnp.array([0.3, 0.5, 0.7]), 1e-5
+
+        @jax.jit
+        def jvp_and_fd(rs):
+            res = []
+            for inverse in (sch.snr_inverse, lambda s: P.AbstractSchedule.snr_inverse(sch, s)):
+                time_map = lambda r, inverse=inverse: inverse(target.snr(r))  # noqa: E731
+                jvp = jax.vmap(lambda r, tm=time_map: jax.jvp(tm, (r,), (jnp.ones_like(r),))[1])(rs)
+                fd = (jax.vmap(time_map)(rs + h) - jax.vmap(time_map)(rs - h)) / (2 * h)
+                res.append((jvp, fd))
+            return res
+
+        for jvp, fd in jvp_and_fd(rs):
+            # KO: piecewise-linear table, so a central difference is exact only to O(grid step) near a kink.
+            tol = 2e-3 if name == "kinetic_optimal" else 1e-6
+            np.testing.assert_allclose(jvp, fd, rtol=tol, err_msg=name)
+            assert np.all(np.asarray(jvp) > 0)
+
+
+def test_bisection_inverse_differentiates_in_the_hyper_parameters():
+    """The implicit-function jvp also carries d/d(theta): grad of the generic inverse in Polynomial's n and VP's
+    beta_max equals that of the closed form."""
+    with jax.enable_x64(True):
+        snr = jnp.asarray(0.8)
+        for build, field in ((P.Polynomial, "n"), (lambda v: P.VP(beta_max=v), "beta_max")):
+            generic = jax.jit(jax.grad(lambda v: P.AbstractSchedule.snr_inverse(build(v), snr)))(jnp.asarray(3.0))
+            closed = jax.jit(jax.grad(lambda v: build(v).snr_inverse(snr)))(jnp.asarray(3.0))
+            assert abs(float(closed)) > 1e-3, field
+            np.testing.assert_allclose(generic, closed, rtol=1e-8, err_msg=field)
+
+
+def test_linear_vp_matches_its_definition():
+    with jax.enable_x64(True):
+        sch = P.LinearVP()
+        t = jnp.linspace(0.0, 0.9, 7)
+        np.testing.assert_allclose(sch.alpha(t), t, atol=0)
+        np.testing.assert_allclose(sch.alpha(t) ** 2 + sch.sigma(t) ** 2, 1.0, rtol=1e-14)
+        np.testing.assert_allclose([sch.sigma(0.0), sch.sigma(1.0)], [1.0, 0.0], atol=0)
 
 
 def test_bad_schedule_parameters_are_rejected():
@@ -175,6 +292,8 @@ def test_bad_schedule_parameters_are_rejected():
         P.VP(beta_min=-1.0)
     with pytest.raises(ValueError, match="sigma_max"):
         P.VE(0.01, 0.0)
+    with pytest.raises(ValueError, match="sigma_max > sigma_min"):
+        P.VE(sigma_min=1.0, sigma_max=0.5)
     with pytest.raises(ValueError, match="sigma_min"):
         P.CondOT(1.5)
     with pytest.raises(ValueError, match="Polynomial n"):

@@ -1,4 +1,5 @@
-"""Sampler: NFE accounting, exact likelihood against a closed-form density, trajectories."""
+"""Sampler: NFE accounting, time grids, encoding and decoding, likelihoods (exact and Hutchinson) against closed-form
+densities, trajectories."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from jax.scipy.stats import multivariate_normal
 
 from fm_jax import paths as P
-from fm_jax.sampling import integrate, log_likelihood, sample
+from fm_jax.sampling import Exact, Hutchinson, integrate, log_likelihood, sample, sample_from
 
 
 def _exact_apply(schedule, mean, cov):
@@ -24,8 +25,9 @@ def _exact_apply(schedule, mean, cov):
 
 
 @pytest.mark.parametrize(
-    "solver,num_steps", [(diffrax.Euler(), 7), (diffrax.Heun(), 5), (diffrax.Midpoint(), 4), (diffrax.Tsit5(), None),
-                         (diffrax.Dopri5(), None)]
+    "solver,num_steps", [(diffrax.Euler(), 7), (diffrax.Heun(), 5), (diffrax.Midpoint(), 4), (diffrax.Ralston(), 3),
+                         (diffrax.Bosh3(), 4), (diffrax.Tsit5(), None), (diffrax.Dopri5(), None),
+                         (diffrax.Dopri8(), None)]
 )
 def test_nfe_equals_counted_model_evaluations(solver, num_steps):
     calls = []
@@ -39,8 +41,45 @@ def test_nfe_equals_counted_model_evaluations(solver, num_steps):
     jax.effects_barrier()
     assert int(nfe) == len(calls), (type(solver).__name__, int(nfe), len(calls))
     if num_steps is not None:
-        per_step = {diffrax.Euler: 1, diffrax.Heun: 2, diffrax.Midpoint: 2}[type(solver)]
-        assert int(nfe) == per_step * num_steps
+        # Stages from the tableaus: Euler 1, Heun/Midpoint/Ralston 2, Bosh3 4 with first-same-as-last (3 + 1 at start).
+        expected = {diffrax.Euler: 1 * num_steps, diffrax.Heun: 2 * num_steps, diffrax.Midpoint: 2 * num_steps,
+                    diffrax.Ralston: 2 * num_steps, diffrax.Bosh3: 3 * num_steps + 1}[type(solver)]
+        assert int(nfe) == expected
+
+
+def test_any_diffrax_solver_runs_and_nfe_is_none_when_not_countable():
+    # Reversible Heun is not a Runge-Kutta tableau: it integrates (exact here: dz/dt = -z) and reports nfe None.
+    with jax.enable_x64(True):
+        z1, nfe, _, _ = integrate(lambda t, z: -z, jnp.ones(2), solver=diffrax.ReversibleHeun(), num_steps=200)
+        assert nfe is None
+        np.testing.assert_allclose(z1, np.exp(-1.0), rtol=1e-4)  # second order, h = 1/200
+
+
+def test_non_uniform_descending_grid_steps_exactly_on_it_and_returns_the_states():
+    """Euler on dz/dt = a z over ts = (1, 0.8, 0.35, 0.3, 0): z_{k+1} = z_k (1 + a (t_{k+1} - t_k)) exactly, and the
+    adaptive solver saves the exact solution z0 exp(a (t - 1)) at the same grid."""
+    with jax.enable_x64(True):
+        a, z0 = -0.7, jnp.array([[1.0, -2.0]])
+        ts = jnp.array([1.0, 0.8, 0.35, 0.3, 0.0])
+        z_end, nfe, traj, ts_out = integrate(lambda t, z: a * z, z0, num_steps=1, ts=ts)
+        factors = np.concatenate([[1.0], np.cumprod(1.0 + a * np.diff(np.asarray(ts)))])
+        np.testing.assert_allclose(traj, factors[:, None, None] * np.asarray(z0)[None], rtol=1e-13)
+        np.testing.assert_allclose(z_end, traj[-1], rtol=0)
+        assert int(nfe) == 4 and traj.shape == (5, 1, 2)
+        np.testing.assert_allclose(ts_out, ts, rtol=0)
+        _, _, traj, _ = integrate(lambda t, z: a * z, z0, solver=diffrax.Tsit5(), num_steps=None, ts=ts, rtol=1e-10,
+                                  atol=1e-10)
+        exact = np.exp(a * (np.asarray(ts) - 1.0))[:, None, None] * np.asarray(z0)[None]
+        np.testing.assert_allclose(traj, exact, rtol=1e-8)
+
+
+def test_bad_grids_are_refused():
+    with pytest.raises(ValueError, match="strictly increasing or strictly decreasing"):
+        integrate(lambda t, z: z, jnp.ones(2), ts=jnp.array([0.0, 0.5, 0.4, 1.0]))
+    with pytest.raises(ValueError, match="not both"):
+        integrate(lambda t, z: z, jnp.ones(2), ts=jnp.array([0.0, 1.0]), save_trajectory=3)
+    with pytest.raises(ValueError, match="at least 2 times"):
+        integrate(lambda t, z: z, jnp.ones(2), ts=jnp.array([0.0]))
 
 
 def test_adaptive_needs_an_adaptive_solver_and_steps_must_be_positive():
@@ -48,6 +87,61 @@ def test_adaptive_needs_an_adaptive_solver_and_steps_must_be_positive():
         integrate(lambda t, z: z, jnp.ones(2), solver=diffrax.Euler(), num_steps=None)
     with pytest.raises(ValueError, match="positive"):
         integrate(lambda t, z: z, jnp.ones(2), solver=diffrax.Euler(), num_steps=0)
+
+
+def test_encode_then_decode_returns_the_data_and_the_likelihood_source_is_the_code():
+    with jax.enable_x64(True):
+        mean = jnp.array([1.0, -0.5])
+        cov = jnp.array([[0.5, 0.15], [0.15, 0.3]])
+        path = P.AffinePath(P.Cosine())
+        apply = _exact_apply(path.schedule, mean, cov)
+        x = jax.random.multivariate_normal(jax.random.key(0), mean, cov, (8,))
+        kw = dict(solver=diffrax.Tsit5(), num_steps=None, rtol=1e-10, atol=1e-10)
+        code = sample_from(path, apply, None, x, t0=1.0, t1=0.0, **kw).state
+        # The exact flow maps the data law onto the source N(0, I): codes are not the data, decoding returns it.
+        assert float(jnp.max(jnp.abs(code - x))) > 0.1
+        np.testing.assert_allclose(sample_from(path, apply, None, code, **kw).samples, x, atol=1e-8)
+        res = log_likelihood(path, apply, None, x, return_source=True, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(res.source, code, atol=1e-8)
+        np.testing.assert_allclose(res.log_prob, multivariate_normal.logpdf(x, mean, cov), atol=1e-6)
+
+
+def test_sample_is_sample_from_its_source_draws():
+    mean, cov = jnp.array([0.0, 2.0]), jnp.eye(2) * 0.2
+    path = P.AffinePath(P.CondOT())
+    apply = _exact_apply(path.schedule, mean, cov)
+    res = sample(jax.random.key(3), path, apply, None, 16, (2,), num_steps=10)
+    z0 = jax.vmap(lambda k: path.sample_source(k, (2,)))(jax.random.split(jax.random.key(3), 16))
+    np.testing.assert_allclose(sample_from(path, apply, None, z0, num_steps=10).samples, res.samples, rtol=1e-6)
+
+
+def _linear_model(params, z, t):
+    """u(z, t) = A z with a fixed non-symmetric A: z_t = expm(A t) z_0, div u = tr A (Hutchinson is not exact)."""
+    del t
+    return z @ params.T
+
+
+def test_hutchinson_is_unbiased_and_custom_source_log_density():
+    """u = A z: z_0 = expm(-A) x and log p_1(x) = log q(z_0) - tr A for any source density q (here a Laplace law).
+    Hutchinson over R independent probe draws averages to the exact value within 4 standard errors."""
+    with jax.enable_x64(True):
+        A = jnp.array([[0.3, 0.9, 0.0], [-0.4, -0.2, 0.5], [0.2, 0.0, 0.1]])
+        path = P.AffinePath(P.CondOT())
+        x = jax.random.normal(jax.random.key(0), (4, 3))
+        laplace = lambda z: -jnp.sum(jnp.abs(z)) - z.size * jnp.log(2.0)  # noqa: E731
+        z0 = x @ jax.scipy.linalg.expm(-A).T
+        closed = jax.vmap(laplace)(z0) - jnp.trace(A)
+        kw = dict(source_log_prob=laplace, solver=diffrax.Heun(), num_steps=64)
+        exact, _ = log_likelihood(path, _linear_model, A, x, divergence=Exact(), **kw)
+        np.testing.assert_allclose(exact, closed, atol=1e-4)  # Heun, h = 1/64: O(h^2) on the state
+        reps = 256
+        hutch = jax.vmap(lambda k: log_likelihood(path, _linear_model, A, x, divergence=Hutchinson(1), key=k,
+                                                  **kw)[0])(jax.random.split(jax.random.key(1), reps))
+        se = np.asarray(hutch.std(0)) / np.sqrt(reps)
+        assert np.all(se > 1e-3)  # a real estimator: probes do not cancel for this A
+        assert np.all(np.abs(np.asarray(hutch.mean(0) - exact)) < 4 * se), (hutch.mean(0) - exact, se)
+        with pytest.raises(ValueError, match="key"):
+            log_likelihood(path, _linear_model, A, x, divergence=Hutchinson(2))
 
 
 def test_exact_log_likelihood_of_gaussian_flow_matches_closed_form_density():
@@ -71,3 +165,21 @@ def test_sample_returns_data_shaped_samples_and_trajectory():
     assert res.trajectory.shape == (11, 500, 2) and res.ts.shape == (11,)
     np.testing.assert_allclose(res.trajectory[-1], res.samples, atol=1e-6)
     np.testing.assert_allclose(res.samples.mean(0), mean, atol=0.1)  # 5 standard errors at n = 500, sd 0.45
+
+
+def test_sampler_and_likelihood_compile_once_across_params_and_hyper_parameters():
+    traces = []
+
+    def apply(params, z, t):
+        traces.append(1)  # runs once per trace, not per call
+        return params * z
+
+    x = jnp.ones((4, 2))
+    counts = []
+    for scale, sigma_min in ((0.5, 0.0), (0.7, 0.05), (0.9, 0.1)):
+        path = P.AffinePath(P.CondOT(sigma_min))
+        sample(jax.random.key(0), path, apply, jnp.asarray(scale), 4, (2,), num_steps=3)
+        sample_from(path, apply, jnp.asarray(scale), x, t0=1.0, t1=0.0, num_steps=3)
+        log_likelihood(path, apply, jnp.asarray(scale), x, solver=diffrax.Euler(), num_steps=3)
+        counts.append(len(traces))
+    assert counts[0] > 0 and counts[1] == counts[2] == counts[0], counts

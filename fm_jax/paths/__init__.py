@@ -6,6 +6,7 @@ from .affine import AbstractSchedule as AbstractSchedule
 from .affine import AffinePath as AffinePath
 from .affine import CondOT as CondOT
 from .affine import Cosine as Cosine
+from .affine import LinearVP as LinearVP
 from .affine import Polynomial as Polynomial
 from .affine import gaussian_marginal_velocity as gaussian_marginal_velocity
 from .affine import schedule_transform as schedule_transform

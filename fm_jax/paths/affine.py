@@ -1,9 +1,12 @@
 """Affine Gaussian paths x_t = alpha(t) x1 + sigma(t) x0, x0 ~ N(0, I), and their schedules.
 
 Schedules are small frozen modules with `alpha(t)` and `sigma(t)`; their time derivatives come from `jax.jvp`
-unless a closed form is written (tests compare the two). All follow our convention: noise at t = 0, data at
-t = 1. Schedules that only approach the ends (VP reaches alpha(0) = exp(-(beta_min + beta_max)/4) ~ 0.007; VE
-keeps sigma(1) = sigma_min) say so in their docstrings; `AffinePath.sample_source` draws N(0, sigma(0)^2 I).
+unless a closed form is written (tests compare the two). `snr_inverse` is closed-form for CondOT, VP, VE, Cosine,
+Polynomial and LinearVP; any other schedule (e.g. the kinetic-optimal one) inverts by bisection with an
+implicit-function derivative, so `schedule_transform`'s time map differentiates correctly either way.
+All follow our convention: noise at t = 0, data at t = 1. Schedules that only approach the ends (VP reaches
+alpha(0) = exp(-(beta_min + beta_max)/4) ~ 0.007; VE keeps sigma(1) = sigma_min) say so in their docstrings;
+`AffinePath.sample_source` draws N(0, sigma(0)^2 I).
 
 Prediction conversions (x is the state, u the velocity, x1 the data prediction, eps the noise x0):
     u   = alpha' x1 + sigma' eps,      x = alpha x1 + sigma eps,
@@ -56,17 +59,38 @@ class AbstractSchedule(eqx.Module):
         return self.alpha(t) / self.sigma(t)
 
     def snr_inverse(self, snr: Scalar) -> Scalar:
-        """The t with snr(t) = `snr`, by 60 bisection steps on [0, 1] (exact to float precision)."""
+        """The t with snr(t) = `snr`: bisection on [0, 1] with an implicit-function derivative.
 
-        def body(_, bounds):
-            lo, hi = bounds
-            mid = 0.5 * (lo + hi)
-            below = self.snr(mid) < snr
-            return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+        Schedules with a closed-form inverse override this. The bisection's own derivative would be zero, so the
+        jvp is set by the implicit function theorem: d t = (d snr - ∂snr/∂θ dθ) / snr'(t) (θ: the schedule's
+        hyper-parameters), which `schedule_transform` needs for its time map.
+        """
+        return _bisect_snr_inverse(self, jnp.asarray(snr, dtype=jnp.result_type(snr, float)))
 
-        snr = jnp.asarray(snr)
-        lo, hi = jax.lax.fori_loop(0, 60, body, (jnp.zeros_like(snr), jnp.ones_like(snr)))
-        return 0.5 * (lo + hi)
+
+@jax.custom_jvp
+def _bisect_snr_inverse(schedule: AbstractSchedule, snr: Array) -> Array:
+    """The t in [0, 1] with schedule.snr(t) = snr, by 60 bisection steps (exact to float precision)."""
+
+    def body(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        below = schedule.snr(mid) < snr
+        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, 60, body, (jnp.zeros_like(snr), jnp.ones_like(snr)))
+    return 0.5 * (lo + hi)
+
+
+@_bisect_snr_inverse.defjvp
+def _bisect_snr_inverse_jvp(primals, tangents):
+    schedule, snr = primals
+    d_schedule, d_snr = tangents
+    t = _bisect_snr_inverse(schedule, snr)
+    # snr(t(s, θ); θ) = s  =>  snr'(t) dt + ∂snr/∂θ dθ = ds.
+    slope = jax.jvp(schedule.snr, (t,), (jnp.ones_like(t),))[1]
+    d_snr_param = jax.jvp(lambda sch: sch.snr(t), (schedule,), (d_schedule,))[1]
+    return t, (d_snr - d_snr_param) / slope
 
 
 class CondOT(AbstractSchedule):
@@ -125,6 +149,14 @@ class VP(AbstractSchedule):
         # -expm1(2 log alpha) = 1 - alpha^2 without cancellation near t = 1.
         return jnp.sqrt(-jnp.expm1(2.0 * self._log_alpha(t)))
 
+    def snr_inverse(self, snr):
+        # alpha^2 = snr^2 / (1 + snr^2)  =>  log alpha = L = -log1p(snr^-2) / 2 < 0, and the clock s solves
+        # (beta_max - beta_min)/4 s^2 + beta_min/2 s + L = 0; the root is written without cancellation.
+        log_alpha = -0.5 * jnp.log1p(1.0 / jnp.asarray(snr) ** 2)
+        half_b = 0.5 * self.beta_min
+        s = -2.0 * log_alpha / (half_b + jnp.sqrt(half_b**2 - (self.beta_max - self.beta_min) * log_alpha))
+        return 1.0 - (s - self.s_min) / (1.0 - self.s_min)
+
 
 class VE(AbstractSchedule):
     """Variance-exploding schedule: alpha = 1, sigma(t) = sigma_min (sigma_max / sigma_min)^(1 - t).
@@ -138,12 +170,19 @@ class VE(AbstractSchedule):
     def __check_init__(self):
         check_positive(self.sigma_min, "VE sigma_min")
         check_positive(self.sigma_max, "VE sigma_max")
+        if is_concrete((self.sigma_min, self.sigma_max)) and float(self.sigma_max) <= float(self.sigma_min):
+            raise ValueError(f"VE needs sigma_max > sigma_min (noise must shrink towards the data), got sigma_min="
+                             f"{float(self.sigma_min)}, sigma_max={float(self.sigma_max)}")
 
     def alpha(self, t):
         return jnp.ones_like(jnp.asarray(t, dtype=self.sigma_min.dtype))
 
     def sigma(self, t):
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** (1.0 - t)
+
+    def snr_inverse(self, snr):
+        # snr = 1 / sigma  =>  1 - t = log(1 / (snr sigma_min)) / log(sigma_max / sigma_min).
+        return 1.0 + jnp.log(jnp.asarray(snr) * self.sigma_min) / jnp.log(self.sigma_max / self.sigma_min)
 
 
 class Cosine(AbstractSchedule):
@@ -161,6 +200,10 @@ class Cosine(AbstractSchedule):
     def d_sigma(self, t):
         return -0.5 * math.pi * jnp.sin(0.5 * math.pi * t)
 
+    def snr_inverse(self, snr):
+        # snr = tan(pi t / 2).
+        return jnp.arctan(snr) * (2.0 / math.pi)
+
 
 class Polynomial(AbstractSchedule):
     """Polynomial convex schedule alpha = t^n, sigma = 1 - t^n (n > 0; n = 1 is Cond-OT)."""
@@ -175,6 +218,37 @@ class Polynomial(AbstractSchedule):
 
     def sigma(self, t):
         return 1.0 - jnp.asarray(t) ** self.n
+
+    def snr_inverse(self, snr):
+        # snr = t^n / (1 - t^n)  =>  t^n = snr / (1 + snr).
+        snr = jnp.asarray(snr)
+        return (snr / (1.0 + snr)) ** (1.0 / self.n)
+
+
+class LinearVP(AbstractSchedule):
+    """Linear variance-preserving schedule alpha = t, sigma = sqrt(1 - t^2) (flow_matching's `LinearVPScheduler`).
+
+    alpha^2 + sigma^2 = 1, as for VP, with the Cond-OT signal coefficient. sigma'(t) = -t / sqrt(1 - t^2) is
+    infinite at t = 1, so the velocity is unbounded there: sample on [0, 1 - eps] or use a grid that stops short.
+    """
+
+    def alpha(self, t):
+        return jnp.asarray(t)
+
+    def sigma(self, t):
+        return jnp.sqrt(1.0 - jnp.asarray(t) ** 2)
+
+    def d_alpha(self, t):
+        return jnp.ones_like(jnp.asarray(t))
+
+    def d_sigma(self, t):
+        t = jnp.asarray(t)
+        return -t / jnp.sqrt(1.0 - t**2)
+
+    def snr_inverse(self, snr):
+        # snr = t / sqrt(1 - t^2)  =>  t = snr / sqrt(1 + snr^2).
+        snr = jnp.asarray(snr)
+        return snr / jnp.sqrt(1.0 + snr**2)
 
 
 class AffinePath(AbstractInterpolantPath):
@@ -257,7 +331,8 @@ def schedule_transform(velocity_fn, trained: AbstractSchedule, target: AbstractS
     Both paths pass through the same marginals up to scale: x̄_r = s_r x_{t_r}, with t_r = snr_trained^{-1}
     (snr_target(r)) and s_r = sigma_target(r) / sigma_trained(t_r). The transformed velocity is
         ū_r(x̄) = (ṡ_r / s_r) x̄ + s_r ṫ_r u_{t_r}(x̄ / s_r)
-    (Lipman et al. 2024, "Flow Matching Guide and Code", §4.8). `ṫ_r, ṡ_r` come from `jax.jvp`.
+    (Lipman et al. 2024, "Flow Matching Guide and Code", §4.8). `ṫ_r, ṡ_r` come from `jax.jvp` through
+    `trained.snr_inverse` (closed form, or the implicit-function derivative of the bisection).
 
     Args:
         velocity_fn: `velocity_fn(x, t) -> u` of the trained model (x: (*d) or batched, t scalar).
@@ -301,6 +376,7 @@ __all__ = [
     "AffinePath",
     "CondOT",
     "Cosine",
+    "LinearVP",
     "Polynomial",
     "VE",
     "VP",
