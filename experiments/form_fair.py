@@ -28,6 +28,7 @@ the same from v0's x0-predictable part, and no motion.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import time
@@ -272,6 +273,13 @@ def _fmt(values):
     return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if v.size > 1 else f"{v[0]:.3f}"
 
 
+def _append_row(cfg, row):
+    """Rows are also appended to `<out>/form_fair_rows.jsonl` as they finish (a long run keeps what it did)."""
+    os.makedirs(cfg.out, exist_ok=True)
+    with open(os.path.join(cfg.out, "form_fair_rows.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
 def run(cfg):
     """Every (dataset, setting, method) over cfg.seeds seeds; returns rows (dicts) and writes the table."""
     if cfg.seeds < 2:
@@ -292,6 +300,7 @@ def run(cfg):
             for label, key in ref_rows:
                 rows.append({"dataset": dataset, "setting": setting, "method": label, "params": "-",
                              "l2": _fmt(refs[key]), "per_seed": np.asarray(refs[key]).tolist()})
+                _append_row(cfg, rows[-1])
             for method in cfg.methods.split(","):
                 start = time.perf_counter()
                 fn = functools.partial(run_seed, dataset=dataset, method=method, with_v0=with_v0, cfg_items=items)
@@ -300,6 +309,7 @@ def run(cfg):
                 rows.append({"dataset": dataset, "setting": setting, "method": NAMES[method],
                              "params": n_params(init(jax.random.key(0))), "l2": _fmt(l2),
                              "per_seed": np.asarray(l2).tolist(), "final_loss": float(np.mean(final))})
+                _append_row(cfg, rows[-1])
                 print(f"{dataset:>7s} {setting:>10s} {method:>6s}: {_fmt(l2)} c dt "
                       f"(final loss {float(np.mean(final)):.3g}; {time.perf_counter() - start:.1f} s)", flush=True)
     return rows

@@ -103,7 +103,7 @@ class TimeScaledPredictor(eqx.Module):
     Call: `predictor(params, x (B, *d), s (B,)) -> (B, *d)`, the `velocity_apply` convention of this module.
     """
 
-    apply: Callable
+    apply: Callable = eqx.field(static=True)
     tau_max: Array = eqx.field(converter=_array)
 
     def __call__(self, params: Params, x: Array, s: Array) -> Array:
