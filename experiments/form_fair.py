@@ -50,7 +50,8 @@ DT = 1.0 / K
 UNIT = C * DT  # the paper's unit c dt
 NAMES = {"o1": "O1 (first-order FM)", "o12": "O1+O2 (first+second-order FM)",
          "newton": "Newton (second-order force matching, no speed limit)",
-         "form": "ForM (paper parameterisation: F_par, F_perp of x, v, t)", "form_vec": "ForM, force vector F(x, v, t)", "form_t": "ForM-t (paper's class: F_par, F_perp of t only)"}
+         "form": "ForM (paper parameterisation: F_par, F_perp of x, v, t)",
+         "form_vec": "ForM, force vector F(x, v, t)", "form_t": "ForM-t (paper's class: F_par, F_perp of t only)"}
 
 
 # ----------------------------------------------------------------------------------------------- networks
@@ -326,7 +327,8 @@ def markdown(rows, cfg):
     for setting in dict.fromkeys(r["setting"] for r in rows):
         title = {"with_v0": "Setting with v0: every method is given (x0, v0)",
                  "without_v0": "Setting without v0: every method is given x0 only"}[setting]
-        lines += ["", f"## {title}", "", "| dataset | method | parameters | L2 / (c dt) | per seed |", "|---|---|---|---|---|"]
+        lines += ["", f"## {title}", "", "| dataset | method | parameters | L2 / (c dt) | per seed |",
+                  "|---|---|---|---|---|"]
         for r in rows:
             if r["setting"] == setting:
                 seeds = " ".join(f"{v:.3f}" for v in r["per_seed"])

@@ -20,7 +20,6 @@ i.e. once the predictor's relative error reaches ~1.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time

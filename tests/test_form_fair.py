@@ -75,8 +75,8 @@ def test_observation_noise_has_the_requested_scale():
 
 
 def test_form_fair_runs_both_settings():
-    from experiments.configs import form_fair as config
     from experiments import form_fair
+    from experiments.configs import form_fair as config
 
     cfg = config.get_config()
     cfg.update(dict(out="/tmp/form_fair_test", seeds=2, datasets="moons", methods="form", n_train=16, n_test=16,

@@ -25,6 +25,7 @@ def get_config():
         "scaled_longer:scaled:4000:cosine:64:512",
     ])
     # Capacity and data (slower; run at the two smallest sigmas):
-    #   --config.sigmas=0.01,0.03 --config.variants=wider:plain:4000:cosine:256:512,scaled_more_data:scaled:4000:cosine:64:4096
+    #   --config.sigmas=0.01,0.03
+    #   --config.variants=wider:plain:4000:cosine:256:512,scaled_more_data:scaled:4000:cosine:64:4096
     c.seed = 0
     return c
