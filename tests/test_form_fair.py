@@ -74,7 +74,9 @@ def test_observation_noise_has_the_requested_scale():
     assert float(jnp.max(jnp.linalg.norm(obs.velocities, axis=-1))) < 1.0
 
 
+@pytest.mark.slow
 def test_form_fair_runs_both_settings():
+    """Smoke run of the experiment (tiny sizes; slow: it compiles two training loops)."""
     from experiments import form_fair
     from experiments.configs import form_fair as config
 
