@@ -91,6 +91,28 @@ def simulate(
     return tau, x, v
 
 
+class TimeScaledPredictor(eqx.Module):
+    """A velocity predictor that vanishes at tau = 0 at the right rate: V(x, s) = T s net(x, s) = tau net(x, s).
+
+    The optimal predictor is E[v_tau | x_tau] = tau (F(x) - sigma_v^2 grad log pi(x)) + O(tau^2), of size
+    O(T) on [0, T]. A plain network starts O(1) away from it, and the regression has to learn an output T times
+    smaller than its noise before the HSM gradient points the right way; at T = 0.01 a few hundred Adam steps
+    do not get there (experiments/hsm_small_sigma.py). Factoring tau out makes the network's target O(1) and
+    V(x, 0) = 0 exact for any parameters. `tau_max` is an array leaf (no recompilation when it changes).
+
+    Call: `predictor(params, x (B, *d), s (B,)) -> (B, *d)`, the `velocity_apply` convention of this module.
+    """
+
+    apply: Callable = eqx.field(static=True)
+    tau_max: Array = eqx.field(converter=_array)
+
+    def __call__(self, params: Params, x: Array, s: Array) -> Array:
+        s = jnp.asarray(s)
+        out = self.apply(params, x, s)
+        scale = (self.tau_max * s).reshape(s.shape + (1,) * (out.ndim - s.ndim))
+        return scale * out
+
+
 def _sq(x: Array) -> Array:
     return jnp.sum(x.reshape(x.shape[0], -1) ** 2, axis=-1)
 
@@ -250,6 +272,7 @@ def denoising_score_matching_loss(
 __all__ = [
     "HSMState",
     "HamiltonianScoreMatching",
+    "TimeScaledPredictor",
     "denoising_score_matching_loss",
     "hsm_loss",
     "hsm_objective",

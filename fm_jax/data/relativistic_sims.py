@@ -222,8 +222,118 @@ def make_dataset(name: str, key: Key, n: int, *, as_published: bool = False) -> 
     return simulate_reference(name, x0, v0) if as_published else simulate_momentum(name, x0, v0)
 
 
+# ----------------------------------------------------------------------------------------------- a field generator
+# A benchmark outside the paper's model class (experiments/form_fair.py): natural units c = m = T = 1, forces that
+# depend on position and velocity, a fine integrator no sampler shares, and noisy observations.
+FIELD_C = 1.0
+FIELD_SPRING = 2.0  # F_spring = -k x
+FIELD_MAGNETIC = 4.0  # F_mag = b (1 + 0.5 tanh(x_1)) rot90(v): perpendicular to v, magnitude proportional to |v|
+FIELD_DRAG = 0.5  # F_drag = -beta v
+FIELD_MAX_SPEED = 0.95
+FIELD_DATASETS = ("moons", "spiral")
+
+
+def field_force(x: Array, v: Array) -> Array:
+    """The field generator's force F(x, v) = -k x + b (1 + tanh(x_1) / 2) rot90(v) - beta v, shape (..., 2).
+
+    Position- and velocity-dependent (a spring, a position-dependent magnetic-like term and a drag); the paper's
+    ForM model class (force magnitudes that depend on the step only) cannot represent it.
+    """
+    x, v = jnp.asarray(x), jnp.asarray(v)
+    b = FIELD_MAGNETIC * (1.0 + 0.5 * jnp.tanh(x[..., 1:2]))
+    return -FIELD_SPRING * x + b * rel.perpendicular_2d(v) - FIELD_DRAG * v
+
+
+def _clip_speed(v: Array, max_speed: float) -> Array:
+    speed = jnp.linalg.norm(v, axis=-1, keepdims=True)
+    return v * jnp.minimum(1.0, max_speed / jnp.maximum(speed, 1e-12))
+
+
+def field_initial(name: str, key: Key, n: int) -> tuple[Array, Array]:
+    """Initial states of the field generator (natural units, positions of order 1, speeds below 0.95 c).
+
+    moons: two interleaved half circles of radius 1 plus N(0, 0.1^2) noise, centred; spiral: r = 0.3 + 0.25
+    theta, theta ~ U[0, 3 pi], plus N(0, 0.05^2). v0 = 0.5 rot90(x0) / (1 + |x0|) + N(0, 0.1^2 I), clipped to
+    0.95 c: mostly a function of x0, plus a random part that no x0-only model can predict.
+    Returns (x0, v0), each (n, 2).
+    """
+    k_a, k_b, k_n, k_v = jax.random.split(key, 4)
+    if name == "moons":
+        upper = jax.random.bernoulli(k_a, 0.5, (n,))
+        theta = jax.random.uniform(k_b, (n,)) * math.pi
+        xa = jnp.stack([jnp.cos(theta), jnp.sin(theta)], axis=1)
+        xb = jnp.stack([1.0 - jnp.cos(theta), 0.5 - jnp.sin(theta)], axis=1)
+        x0 = jnp.where(upper[:, None], xa, xb) - jnp.array([0.5, 0.25]) + 0.1 * jax.random.normal(k_n, (n, 2))
+    elif name == "spiral":
+        theta = jax.random.uniform(k_b, (n,)) * 3 * math.pi
+        r = 0.3 + 0.25 * theta
+        x0 = jnp.stack([r * jnp.cos(theta), r * jnp.sin(theta)], axis=1) + 0.05 * jax.random.normal(k_n, (n, 2))
+    else:
+        raise ValueError(f"unknown field dataset {name!r}; known: {', '.join(FIELD_DATASETS)}")
+    norm = jnp.linalg.norm(x0, axis=1, keepdims=True)
+    v0 = 0.5 * rel.perpendicular_2d(x0) / (1.0 + norm) + 0.1 * jax.random.normal(k_v, (n, 2))
+    return x0, _clip_speed(v0, FIELD_MAX_SPEED * FIELD_C)
+
+
+def simulate_field(x0: Array, v0: Array, *, num_steps: int = NUM_STEPS, substeps: int = 50,
+                   c: float = FIELD_C, m: float = MASS) -> Trajectories:
+    """Integrate `field_force` over unit time with `num_steps * substeps` momentum steps; record num_steps + 1 states.
+
+    The fine steps (dt / substeps) make this a reference solution that no 10-step sampler reproduces by
+    construction. Returns clean `Trajectories` (positions, velocities (n, K+1, 2); accelerations
+    (v_{k+1} - v_k) / dt and the force magnitudes of the step-averaged force (p_{k+1} - p_k) / dt split along
+    v_k, (n, K)).
+    """
+    dt = 1.0 / (num_steps * substeps)
+
+    def fine(carry, _):
+        x, p = carry
+        force = field_force(x, rel.velocity_from_momentum(p, c, m))
+        return rel.relativistic_step(x, p, force, dt, c, m), None
+
+    def coarse(carry, _):
+        carry, _ = jax.lax.scan(fine, carry, None, length=substeps)
+        return carry, carry
+
+    p0 = rel.momentum_from_velocity(v0, c, m)
+    _, (xs, ps) = jax.lax.scan(coarse, (x0, p0), None, length=num_steps)
+    positions = jnp.concatenate([x0[:, None], jnp.swapaxes(xs, 0, 1)], axis=1)
+    momenta = jnp.concatenate([p0[:, None], jnp.swapaxes(ps, 0, 1)], axis=1)
+    velocities = rel.velocity_from_momentum(momenta, c, m).at[:, 0].set(v0)
+    return trajectories_from_states(positions, velocities, c=c, m=m)
+
+
+def trajectories_from_states(positions: Array, velocities: Array, *, c: float = FIELD_C,
+                             m: float = MASS) -> Trajectories:
+    """Finite-difference regression targets from recorded states (n, K+1, 2) on a uniform grid over unit time.
+
+    accelerations a_k = (v_{k+1} - v_k) / dt; the force of step k is (p_{k+1} - p_k) / dt with p = gamma m v,
+    split into signed magnitudes along v_hat_k and rot90(v_hat_k) (the ForM targets). Returns `Trajectories`.
+    """
+    dt = 1.0 / (positions.shape[1] - 1)
+    p = rel.momentum_from_velocity(velocities, c, m)
+    force = (p[:, 1:] - p[:, :-1]) / dt
+    v = velocities[:, :-1]
+    vhat = v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+    f_par = jnp.sum(force * vhat, -1)
+    f_perp = jnp.sum(force * rel.perpendicular_2d(vhat), -1)
+    accelerations = (velocities[:, 1:] - velocities[:, :-1]) / dt
+    return Trajectories(positions, velocities, accelerations, f_par, f_perp)
+
+
+def observe(traj: Trajectories, key: Key, *, position_noise: float, velocity_noise: float,
+            c: float = FIELD_C, m: float = MASS, max_speed: float = 0.995) -> Trajectories:
+    """Noisy observations of clean trajectories: Gaussian noise on every recorded position and velocity (speeds
+    clipped to `max_speed` c), with the regression targets recomputed from the noisy states."""
+    kx, kv = jax.random.split(key)
+    pos = traj.positions + position_noise * jax.random.normal(kx, traj.positions.shape)
+    vel = _clip_speed(traj.velocities + velocity_noise * jax.random.normal(kv, traj.velocities.shape), max_speed * c)
+    return trajectories_from_states(pos, vel, c=c, m=m)
+
+
 __all__ = [
-    "C_LIGHT", "DATASETS", "DT", "MASS", "NUM_STEPS", "SIZES", "Trajectories", "force_magnitudes",
+    "C_LIGHT", "DATASETS", "DT", "FIELD_C", "FIELD_DATASETS", "MASS", "NUM_STEPS", "SIZES", "Trajectories",
+    "field_force", "field_initial", "force_magnitudes", "observe", "simulate_field", "trajectories_from_states",
     "halfmoons_initial", "make_dataset", "momentum_rollout", "onedot_initial", "reference_acceleration",
     "simulate_momentum", "simulate_reference", "spiral_initial", "spiral_vertices",
 ]

@@ -1,0 +1,212 @@
+"""Why HSM with a learned velocity predictor points the wrong way at small sigma, measured.
+
+    python -m experiments.hsm_small_sigma --config experiments/configs/hsm_small_sigma.py
+
+Setting of `experiments/hsm_gmm.py` part 3: the same 2-D Gaussian mixture, the same untrained force network
+F_theta (2 x 64), HSM horizon T = sigma, sigma_v = 1, 4 velocity-Verlet steps. For each sigma the velocity predictor
+V_phi is fitted by regression on (x_tau, v_tau) with the force frozen, under several predictor variants (the
+parameterisation, the number of steps and schedule, the width, the batch). For each variant we report
+
+* the predictor's relative error  E||V_phi - V*||^2 / E||V*||^2  against the small-time oracle
+  V*(x, tau) = tau (F(x) - grad log pi(x))  (exact to O(tau^2); at sigma = 1 only indicative),
+* the single-example SNR of the per-example HSM gradients and the cosine of their mean with the explicit
+  score-matching gradient (the direction HSM should follow),
+
+next to DSM and HSM with the oracle predictor. Why the predictor matters (derived in docs/paper_fidelity.md):
+at small tau the theta-gradient of J = E[2 v.V - ||V||^2] is 2 tau^2 E[dF/dtheta (F - grad log pi)] with the
+oracle, and an error e(x) in V adds the bias 2 tau E[dF/dtheta e]: the cosine collapses once |e| ~ tau |F - score|,
+i.e. once the predictor's relative error reaches ~1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+from absl import app
+from flax import nnx
+from ml_collections import config_flags
+
+from fm_jax import hsm
+from fm_jax.models import MLP, as_apply
+
+# The mixture of experiments/hsm_gmm.py: four isotropic components, unequal weights.
+MEANS = jnp.array([[-1.5, 0.0], [1.5, 0.5], [0.0, -1.5], [0.3, 1.6]])
+STD = 0.45
+WEIGHTS = jnp.array([0.3, 0.3, 0.2, 0.2])
+
+
+def log_density(x):
+    logp = -0.5 * jnp.sum((x - MEANS) ** 2, -1) / STD**2
+    return jax.scipy.special.logsumexp(logp, b=WEIGHTS)
+
+
+score = jax.grad(log_density)
+
+
+def sample_data(key, n):
+    kc, kn = jax.random.split(key)
+    comp = jax.random.choice(kc, MEANS.shape[0], (n,), p=WEIGHTS)
+    return MEANS[comp] + STD * jax.random.normal(kn, (n, 2))
+
+
+def make_net(seed, hidden, depth):
+    return as_apply(MLP(2, 2, hidden=hidden, depth=depth, time_features=16, rngs=nnx.Rngs(seed)))
+
+
+def snr_and_cosine(grads, reference):
+    """Single-example SNR (||mean||^2 - tr Cov / N) / tr Cov of per-example gradients (leading axis N), and the
+    cosine of their mean with `reference` (a flat vector)."""
+    flat = jnp.concatenate([g.reshape(g.shape[0], -1) for g in jax.tree_util.tree_leaves(grads)], axis=1)
+    n = flat.shape[0]
+    mean = jnp.mean(flat, 0)
+    trace = jnp.sum(jnp.var(flat, 0, ddof=1))
+    snr = (jnp.sum(mean**2) - trace / n) / trace
+    if reference is None:
+        return float(snr), mean
+    return float(snr), float(jnp.dot(mean, reference) / (jnp.linalg.norm(mean) * jnp.linalg.norm(reference)))
+
+
+def parse_variant(text):
+    name, param, steps, schedule, hidden, batch = text.split(":")
+    if param not in ("plain", "scaled") or schedule not in ("constant", "cosine"):
+        raise ValueError(f"bad variant {text!r}: parameterisation plain|scaled, schedule constant|cosine")
+    return {"name": name, "param": param, "steps": int(steps), "schedule": schedule, "hidden": int(hidden),
+            "batch": int(batch)}
+
+
+def fit_predictor(force_apply, theta, problem, variant, cfg, key):
+    """Regress V_phi(x_tau, tau / T) on v_tau with the force frozen; returns velocity_apply and phi."""
+    raw_apply, phi = make_net(3, variant["hidden"], cfg.depth)
+    if variant["param"] == "scaled":
+        velocity_apply = hsm.TimeScaledPredictor(raw_apply, problem.tau_max)
+    else:
+        velocity_apply = raw_apply
+    lr = cfg.lr if variant["schedule"] == "constant" else optax.cosine_decay_schedule(cfg.lr, variant["steps"], 0.05)
+    opt = optax.adam(lr)
+
+    def regression(phi, k):
+        k_x, k_sim = jax.random.split(k)
+        x0 = sample_data(k_x, variant["batch"])
+        tau, x, v = hsm.simulate(theta, k_sim, x0, problem, force_apply=force_apply)
+        return jnp.mean(jnp.sum((v - velocity_apply(phi, x, tau / problem.tau_max)) ** 2, -1))
+
+    @jax.jit
+    def train(phi, key):
+        def body(carry, i):
+            phi, state = carry
+            loss, g = jax.value_and_grad(regression)(phi, jax.random.fold_in(key, i))
+            updates, state = opt.update(g, state, phi)
+            return (optax.apply_updates(phi, updates), state), loss
+
+        (phi, _), losses = jax.lax.scan(body, (phi, opt.init(phi)), jnp.arange(variant["steps"]))
+        return phi, losses
+
+    phi, losses = train(phi, key)
+    return velocity_apply, phi, float(jnp.mean(losses[-50:]))
+
+
+def run(cfg):
+    force_net, theta = make_net(0, cfg.hidden, cfg.depth)
+    force_apply = lambda p, x: force_net(p, x, 0.0)  # noqa: E731  (a position-only force)
+    n = cfg.snr_samples
+    x0 = sample_data(jax.random.key(21), n)
+    keys = jax.random.split(jax.random.key(22), n)
+
+    def esm_one(p, x):
+        return jnp.sum((force_apply(p, x[None])[0] - score(x)) ** 2)
+
+    _, esm_mean = snr_and_cosine(jax.jit(jax.vmap(jax.grad(esm_one), in_axes=(None, 0)))(theta, x0), None)
+
+    def dsm_one(p, key, x, sigma):
+        return hsm.denoising_score_matching_loss(p, key, x[None], sigma, score_apply=force_apply)[0]
+
+    dsm_grads = jax.jit(jax.vmap(jax.grad(dsm_one), in_axes=(None, 0, 0, None)))
+
+    def hsm_grads(velocity_apply, phi, problem, oracle):
+        def one(p, key, x):
+            tau, xt, vt = hsm.simulate(p, key, x[None], problem, force_apply=force_apply)
+            if oracle:
+                pred = tau[:, None] * (force_apply(jax.lax.stop_gradient(p), xt) - jax.vmap(score)(xt))
+            else:
+                pred = velocity_apply(phi, xt, tau / problem.tau_max)
+            return jnp.sum(vt**2) - jnp.sum((vt - pred) ** 2)
+
+        return jax.jit(jax.vmap(jax.grad(one), in_axes=(None, 0, 0)))(theta, keys, x0)
+
+    def predictor_error(velocity_apply, phi, problem):
+        tau, xt, _ = hsm.simulate(theta, jax.random.key(23), x0, problem, force_apply=force_apply)
+        oracle = tau[:, None] * (force_apply(theta, xt) - jax.vmap(score)(xt))
+        pred = velocity_apply(phi, xt, tau / problem.tau_max)
+        return float(jnp.sum((pred - oracle) ** 2) / jnp.sum(oracle**2))
+
+    variants = [parse_variant(v) for v in cfg.variants.split(",")]
+    rows = []
+    for sigma in [float(s) for s in cfg.sigmas.split(",")]:
+        problem = hsm.HamiltonianScoreMatching(tau_max=sigma, n_steps=cfg.hsm_steps)
+        row = {"sigma": sigma}
+        row["dsm"] = snr_and_cosine(dsm_grads(theta, keys, x0, jnp.asarray(sigma)), esm_mean)
+        row["oracle"] = snr_and_cosine(hsm_grads(None, None, problem, True), esm_mean)
+        for variant in variants:
+            start = time.perf_counter()
+            velocity_apply, phi, final = fit_predictor(force_apply, theta, problem, variant, cfg,
+                                                       jax.random.key(30 + cfg.seed))
+            err = predictor_error(velocity_apply, phi, problem)
+            snr, cos = snr_and_cosine(hsm_grads(velocity_apply, phi, problem, False), esm_mean)
+            row[variant["name"]] = (snr, cos, err)
+            print(f"sigma={sigma:g} {variant['name']}: SNR {snr:.3g}, cos {cos:.2f}, predictor rel. error {err:.3g} "
+                  f"(final mse {final:.4f}; {time.perf_counter() - start:.1f} s)", flush=True)
+        print(f"sigma={sigma:g} DSM: SNR {row['dsm'][0]:.3g} cos {row['dsm'][1]:.2f}; oracle: SNR "
+              f"{row['oracle'][0]:.3g} cos {row['oracle'][1]:.2f}", flush=True)
+        rows.append(row)
+    return rows, variants
+
+
+def markdown(rows, variants, cfg):
+    lines = ["# HSM at small sigma: gradient SNR (cosine with the explicit score-matching gradient)", "",
+             f"2-D Gaussian mixture of experiments/hsm_gmm.py, untrained force network {cfg.depth} x {cfg.hidden}, "
+             f"T = sigma, sigma_v = 1, {cfg.hsm_steps} Verlet steps, {cfg.snr_samples} per-example gradients "
+             f"(SNR values below ~{1 / cfg.snr_samples:.1g} are at the noise floor).", "",
+             "Predictor variants (parameterisation: plain V = net(x, s) or scaled V = tau net(x, s); regression "
+             "steps; learning-rate schedule; width; batch):", ""]
+    for v in variants:
+        lines.append(f"- `{v['name']}`: {v['param']}, {v['steps']} steps, {v['schedule']} lr {cfg.lr}, width "
+                     f"{v['hidden']}, batch {v['batch']} ({v['steps'] * v['batch']:,} regression samples)")
+    head = ["sigma", "DSM", "HSM oracle V"] + [f"HSM `{v['name']}`" for v in variants]
+    lines += ["", "## SNR (cosine)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [f"{r['sigma']:g}"] + [f"{r[k][0]:.3g} ({r[k][1]:.2f})" for k in ["dsm", "oracle"]]
+        cells += [f"{r[v['name']][0]:.3g} ({r[v['name']][1]:.2f})" for v in variants]
+        lines.append("| " + " | ".join(cells) + " |")
+    head = ["sigma"] + [f"`{v['name']}`" for v in variants]
+    lines += ["", "## Predictor relative error E||V - V*||^2 / E||V*||^2 (V* = tau (F - grad log pi))", "",
+              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([f"{r['sigma']:g}"] + [f"{r[v['name']][2]:.3g}" for v in variants]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/hsm_small_sigma.py", "settings")
+
+
+def main(argv):
+    del argv
+    cfg = _CONFIG.value
+    os.makedirs(cfg.out, exist_ok=True)
+    start = time.perf_counter()
+    rows, variants = run(cfg)
+    md = markdown(rows, variants, cfg)
+    with open(os.path.join(cfg.out, "hsm_small_sigma.md"), "w") as f:
+        f.write(md)
+    with open(os.path.join(cfg.out, "hsm_small_sigma.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    print(md)
+    print(f"wrote {cfg.out}/hsm_small_sigma.md in {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    app.run(main)
