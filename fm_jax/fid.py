@@ -209,7 +209,7 @@ def _inception_input(images, resize, quantize):
 
 
 def inception_network(
-    weights_path: str | None = None,
+    weights: str | inception.InceptionWeights | None = None,
     *,
     quantize: bool = True,
     resize: inception.AbstractResize | None = inception.HalfPixelBilinear(),
@@ -223,16 +223,18 @@ def inception_network(
     once per batch size, whatever the input resolution; preprocessing once per input shape.
 
     Args:
-        weights_path: the converted .npz (`python -m fm_jax.models.convert_inception`); default
-            `$FM_JAX_INCEPTION_WEIGHTS` or `~/.cache/fm_jax/inception_v3_fid.npz`.
+        weights: path of the converted .npz (`python -m fm_jax.models.convert_inception`; default
+            `$FM_JAX_INCEPTION_WEIGHTS` or `~/.cache/fm_jax/inception_v3_fid.npz`), or weights already loaded by
+            `fm_jax.models.inception.load_fid_inception` (to build several pipelines from one load).
         quantize: round to 8-bit levels first (as FID on saved PNG samples); False feeds the floats unchanged.
         resize: the resize to 299×299; None keeps the input size.
-        precision: of the convolutions (HIGHEST: float32 accuracy on GPU/TPU).
+        precision: of the convolutions (HIGHEST: float32 accuracy on GPU/TPU); ignored for loaded `weights`.
 
     Raises:
         FileNotFoundError: no weights file; the message names the file to download and the conversion command.
     """
-    weights = inception.load_fid_inception(weights_path, precision=precision)
+    if not isinstance(weights, inception.InceptionWeights):
+        weights = inception.load_fid_inception(weights, precision=precision)
     graphdef, state = nnx.split(weights.model)
 
     def features(images: Array) -> Array:

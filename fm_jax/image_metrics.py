@@ -80,7 +80,7 @@ def fid(feature_fn: FeatureFn, images: Array, reference: FeatureStatistics, batc
     return _fid.fid(images, reference, feature_fn, batch_size=batch_size)
 
 
-def inception_feature_fn(weights_path: str | None = None) -> FeatureNetwork:
+def inception_feature_fn(weights_path=None) -> FeatureNetwork:
     """The standard FID Inception-v3 features (2048) from the user's converted weights file
     (`fm_jax.fid.inception_network`; raises `FileNotFoundError` saying where to get the weights)."""
     return _fid.inception_network(weights_path)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
+
 from . import inception
 
 
@@ -23,8 +25,10 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"output .npz (default: {inception.default_inception_weights_path()})")
     args = parser.parse_args(argv)
     out = inception.convert_pytorch_fid_weights(args.pth, args.out or inception.default_inception_weights_path())
-    weights = inception.load_fid_inception(out)
-    print(f"wrote {out} (weights fingerprint {weights.fingerprint})")
+    with np.load(out) as f:
+        sha = str(f["__source_sha256__"])
+    note = "" if sha.startswith("6726825d") else " — not pytorch-fid's released file (its SHA-256 starts 6726825d)"
+    print(f"wrote {out} from {args.pth} (SHA-256 {sha[:16]}…{note})")
 
 
 if __name__ == "__main__":

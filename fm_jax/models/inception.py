@@ -338,7 +338,13 @@ class FIDInceptionV3(nnx.Module):
 
 
 def _abstract_model(precision=jax.lax.Precision.HIGHEST) -> FIDInceptionV3:
-    return nnx.eval_shape(lambda: FIDInceptionV3(precision=precision, rngs=nnx.Rngs(0)))
+    return nnx.merge(*_abstract_split(precision))
+
+
+@functools.cache
+def _abstract_split(precision) -> tuple[nnx.GraphDef, nnx.State]:
+    """(graphdef, state of shapes) of the network, traced once per precision (building it costs seconds)."""
+    return nnx.split(nnx.eval_shape(lambda: FIDInceptionV3(precision=precision, rngs=nnx.Rngs(0))))
 
 
 @functools.cache
@@ -470,20 +476,18 @@ def load_fid_inception(path: str | None = None, *,
             raise ValueError(f"{path!r} is not an fm_jax FID Inception weights file (format {_FORMAT}); "
                              "create it with `python -m fm_jax.models.convert_inception`")
         arrays = {k: f[k] for k in f.files if not k.startswith("__")}
-    model = _abstract_model(precision)
-    expected = _flat_state(model)
+    expected = _expected_shapes()
     missing = sorted(set(expected) - set(arrays))
-    wrong = sorted(k for k in expected if k in arrays and arrays[k].shape != tuple(expected[k].shape))
+    wrong = sorted(k for k in expected if k in arrays and arrays[k].shape != expected[k])
     if missing or wrong:
         raise ValueError(f"{path!r} does not match FIDInceptionV3: missing {missing[:5]}, wrong shape {wrong[:5]}")
     h = hashlib.sha256()
     for name in sorted(expected):
         h.update(name.encode())
         h.update(np.ascontiguousarray(arrays[name], np.float32).tobytes())
-    state = nnx.state(model)
-    flat = [(path_, jnp.asarray(arrays[".".join(str(k) for k in path_)])) for path_, _ in nnx.to_flat_state(state)]
-    nnx.update(model, nnx.from_flat_state(flat))
-    return InceptionWeights(model, h.hexdigest()[:16])
+    graphdef, abstract = _abstract_split(precision)
+    flat = [(p, v.replace(jnp.asarray(arrays[".".join(str(k) for k in p)]))) for p, v in nnx.to_flat_state(abstract)]
+    return InceptionWeights(nnx.merge(graphdef, nnx.from_flat_state(flat)), h.hexdigest()[:16])
 
 
 __all__ = [
