@@ -62,7 +62,7 @@ def _torch_fidelity_inception_module():
         pytest.fail("torch-fidelity is not installed: pip install --no-deps torch-fidelity==0.4.0")
     try:
         return importlib.import_module("torch_fidelity.feature_extractor_inceptionv3")
-    except ImportError:
+    except Exception:  # the package __init__ imports torchvision: missing, or not loadable beside this torch
         with _forgetting("torch_fidelity"):
             package = types.ModuleType("torch_fidelity")
             package.__path__ = list(spec.submodule_search_locations)
