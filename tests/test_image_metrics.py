@@ -1,78 +1,14 @@
-"""Image metrics: Fréchet distance against scipy and closed forms, FID of identical sets, the reference-statistics
-cache, the MNIST-classifier cache, Hutchinson vs exact divergence and likelihood, bits/dim."""
+"""Image metrics: the MNIST-classifier cache, Hutchinson vs exact divergence and likelihood, bits/dim (the FID
+tests are in test_fid.py and test_inception.py)."""
 
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
-import scipy.linalg
 
 import fm_jax as fj
 from fm_jax import image_metrics as M
-
-
-def _random_spd(rng, d):
-    a = rng.normal(size=(d, d))
-    return a @ a.T / d + 0.1 * np.eye(d)
-
-
-def test_frechet_distance_matches_scipy_sqrtm():
-    rng = np.random.default_rng(0)
-    for d in (1, 3, 8):
-        mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
-        s1, s2 = _random_spd(rng, d), _random_spd(rng, d)
-        root = scipy.linalg.sqrtm(s1 @ s2).real
-        expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * root)
-        with jax.enable_x64(True):
-            got = float(M.frechet_distance(mu1, s1, mu2, s2))
-        # Both are float64 evaluations of the same quantity: agreement to rounding (well-conditioned matrices).
-        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-10)
-
-
-def test_frechet_distance_closed_forms():
-    a, b = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
-    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
-    with jax.enable_x64(True):
-        # Commuting (diagonal) covariances: ||Δμ||² + Σ (√a − √b)².
-        got = float(M.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)))
-        same = float(M.frechet_distance(mu1, np.diag(a), mu1, np.diag(a)))
-    np.testing.assert_allclose(got, 5.0 + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2), rtol=1e-12)
-    assert abs(same) < 1e-12
-    with pytest.raises(ValueError, match="shapes"):
-        M.frechet_distance(mu1, np.eye(3), mu2[:2], np.eye(2))
-
-
-def test_fid_identical_sets_is_zero_and_sees_a_shift():
-    key = jax.random.key(0)
-    proj = jax.random.normal(key, (4 * 4 * 1, 6))
-    features = lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ proj)  # noqa: E731 (any feature network)
-    images = np.asarray(jax.random.uniform(jax.random.key(1), (300, 4, 4, 1), minval=-1, maxval=1))
-    ref = M.feature_statistics(features, images, batch_size=128)
-    assert ref.count == 300 and ref.cov.shape == (6, 6)
-    # Same images: FID 0 up to float32 features and the eigen-decomposition's rounding.
-    assert abs(M.fid(features, images, ref, batch_size=128)) < 1e-4
-    shifted = np.clip(images + 0.5, -1, 1)
-    assert M.fid(features, shifted, ref) > 0.1
-    assert math.isnan(M.fid(features, np.full_like(images, np.nan), ref))
-
-
-def test_reference_statistics_cache(tmp_path):
-    calls = []
-
-    def compute():
-        calls.append(1)
-        return M.feature_statistics_from_features(np.random.default_rng(len(calls)).normal(size=(50, 3)))
-
-    f = str(tmp_path / "ref.npz")
-    a = M.cached_reference_statistics(f, "data/v1", compute)
-    b = M.cached_reference_statistics(f, "data/v1", compute)
-    assert len(calls) == 1
-    np.testing.assert_array_equal(a.mean, b.mean)
-    np.testing.assert_array_equal(a.cov, b.cov)
-    c = M.cached_reference_statistics(f, "data/v2", compute)  # another fingerprint: stale cache recomputed
-    assert len(calls) == 2 and not np.array_equal(a.mean, c.mean)
 
 
 def test_mnist_classifier_trains_and_caches(tmp_path, monkeypatch):
@@ -89,17 +25,6 @@ def test_mnist_classifier_trains_and_caches(tmp_path, monkeypatch):
     again = M.mnist_feature_fn(work, data_dir=data_dir, steps=30)
     assert again.fingerprint == net.fingerprint and again.accuracy == net.accuracy
     np.testing.assert_allclose(again.features(x), net.features(x), atol=1e-6)
-
-
-def test_inception_needs_a_weights_file(tmp_path, monkeypatch):
-    missing = str(tmp_path / "inception.npz")
-    with pytest.raises(FileNotFoundError, match="inception.npz"):
-        M.inception_feature_fn(missing)
-    monkeypatch.setenv(M.INCEPTION_WEIGHTS_ENV, missing)
-    assert M.default_inception_weights_path() == missing
-    (tmp_path / "inception.npz").write_bytes(b"")
-    with pytest.raises(NotImplementedError, match="fid_from_features"):
-        M.inception_feature_fn()
 
 
 def test_hutchinson_estimator_is_unbiased():

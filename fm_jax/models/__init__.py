@@ -1,6 +1,10 @@
-"""Flax NNX models and the one adapter that turns a model into `apply(params, z, t)`."""
+"""Flax NNX models, the one adapter that turns a model into `apply(params, z, t)`, and the FID Inception-v3."""
 
+from . import inception as inception
 from .adapter import as_apply as as_apply
+from .inception import FIDInceptionV3 as FIDInceptionV3
+from .inception import convert_pytorch_fid_weights as convert_pytorch_fid_weights
+from .inception import load_fid_inception as load_fid_inception
 from .mlp import MLP as MLP
 from .mlp import fourier_time_embedding as fourier_time_embedding
 from .mnist_classifier import MnistClassifier as MnistClassifier
