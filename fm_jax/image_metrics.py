@@ -41,10 +41,6 @@ from flax import nnx
 from . import fid as _fid
 from . import sampling
 from ._typing import Array, Key, Params
-from .models.mnist_classifier import MnistClassifier as MnistClassifier
-from .models.mnist_classifier import classifier_accuracy as classifier_accuracy
-from .models.mnist_classifier import classifier_fns
-from .models.mnist_classifier import train_mnist_classifier as train_mnist_classifier
 from .fid import FeatureNetwork as FeatureNetwork
 from .fid import FeatureStatistics as FeatureStatistics
 from .fid import cached_reference_statistics as cached_reference_statistics
@@ -54,6 +50,10 @@ from .fid import frechet_distance as frechet_distance
 from .fid import trace_sqrt_product as trace_sqrt_product
 from .models.inception import INCEPTION_WEIGHTS_ENV as INCEPTION_WEIGHTS_ENV
 from .models.inception import default_inception_weights_path as default_inception_weights_path
+from .models.mnist_classifier import MnistClassifier as MnistClassifier
+from .models.mnist_classifier import classifier_accuracy as classifier_accuracy
+from .models.mnist_classifier import classifier_fns
+from .models.mnist_classifier import train_mnist_classifier as train_mnist_classifier
 from .paths.base import AbstractPath
 
 FeatureFn = Callable[[Array], Array]
