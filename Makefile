@@ -10,7 +10,9 @@ STAMP  := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test,experiments]"
+	$(BIN)/python -m pip install -q -e ".[test,experiments,fid-test]"
+	# The FID tests' PyTorch references; --no-deps: their metadata asks for torchvision, which no test imports.
+	$(BIN)/python -m pip install -q --no-deps torch-fidelity==0.4.0 pytorch-fid==0.3.0
 	touch $(STAMP)
 
 env: $(STAMP)
