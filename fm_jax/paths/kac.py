@@ -149,8 +149,10 @@ class KacPath(AbstractFirstOrderPath):
         check_positive(self.T, "KacPath T (final clock)")
 
     def kac_time(self, t: Scalar) -> Scalar:
-        """The paper's clock s = T (1 - t) for our time t."""
-        return self.T * (1.0 - t)
+        """The paper's clock s = T (1 - t) for our time t; NaN for t outside [0, 1] (or NaN), so that a traced
+        out-of-range time gives NaN samples and targets instead of a valid-looking draw at a mirrored clock."""
+        t = jnp.asarray(t)
+        return jnp.where((t >= 0.0) & (t <= 1.0), self.T * (1.0 - t), jnp.nan)
 
     def sample_source(self, key: Key, shape: tuple[int, ...]) -> Array:
         """Product of 1-D Kac laws at the final clock g(T) (exact draws, `fm_jax.kac.sample`)."""
