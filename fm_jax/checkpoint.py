@@ -5,11 +5,19 @@ items: `state` (the `TrainState`, any sharding, written asynchronously) and `met
 the git revision of the code, the JAX version, the time). `config.json` and `git_revision.txt` are also written
 beside the step directories for people reading the work directory.
 
-Resume (`restore_or_init`) restores the newest checkpoint whose config matches; a checkpoint that cannot be read
-(half-written, truncated, garbled) gives a `CorruptCheckpointWarning`, is moved aside to `<dir>/corrupt/`, and
-the previous one is used, so at most one save interval is lost. A checkpoint written under a different config
-raises `ConfigMismatchError` naming every differing key (keys listed in `ignore_config_keys` may differ, e.g. the
-total number of steps when a run is extended).
+Resume (`restore_or_init`) restores the newest checkpoint, telling three failures apart (see
+`TrainingCheckpointer` for the precise contract):
+- unreadable data (half-written, truncated, garbled, missing files): `CorruptCheckpointWarning`, the previous
+  checkpoint is used and the unreadable newer ones are moved aside to `<dir>/corrupt/` (never deleted), so at most
+  one save interval is lost; if no checkpoint is readable, `NoUsableCheckpointError` and nothing is moved;
+- a structure mismatch (the code or model changed: a leaf added, removed or of another shape or dtype):
+  `StructureMismatchError` naming the leaves that differ; nothing on disk is touched;
+- a different config: `ConfigMismatchError` naming every differing key (keys listed in `ignore_config_keys` may
+  differ, e.g. the total number of steps when a run is extended); nothing on disk is touched.
+A directory that holds checkpoints (readable, unreadable or moved to `corrupt/`) never starts silently from step
+0: only `restore_or_init(state, start_fresh=True)` does, after moving them aside to `<dir>/previous/<time>/`.
+
+Orbax's INFO logging (a line or more per save) is hidden unless `verbose=True`.
 
 Preemption: on SIGTERM (the notice Cloud TPU VMs and most schedulers send before killing a job) a flag is set;
 the next `save(state)` writes a checkpoint whatever the step, waits for it to reach disk and returns True so the
@@ -29,6 +37,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -46,6 +55,8 @@ from .training import TrainState
 __all__ = [
     "ConfigMismatchError",
     "CorruptCheckpointWarning",
+    "NoUsableCheckpointError",
+    "StructureMismatchError",
     "TrainingCheckpointer",
     "config_diff",
     "config_to_dict",
@@ -63,8 +74,80 @@ class ConfigMismatchError(ValueError):
         self.differences = list(differences)
 
 
+class StructureMismatchError(ValueError):
+    """A checkpoint's tree differs from the given state's (`differences` lists the leaf paths, e.g. "params/w1")."""
+
+    def __init__(self, message: str, differences: Sequence[str]):
+        super().__init__(message)
+        self.differences = list(differences)
+
+
+class NoUsableCheckpointError(RuntimeError):
+    """The directory holds checkpoints (or moved-aside ones) but none can be restored; nothing was changed."""
+
+
 class CorruptCheckpointWarning(UserWarning):
     """A checkpoint step could not be read; an older one is used instead."""
+
+
+class _OrbaxLogFilter(logging.Filter):
+    """Drops Orbax's records below WARNING (all of them while `probing` a resume) unless `verbose`."""
+
+    verbose = False
+    probing = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.verbose or f"{os.sep}orbax{os.sep}" not in record.pathname:
+            return True
+        return not self.probing and record.levelno >= logging.WARNING
+
+
+_ORBAX_LOG_FILTER = _OrbaxLogFilter()
+
+
+def _install_orbax_log_filter(verbose: bool) -> None:
+    # Orbax logs through absl, i.e. the Python logger "absl"; the filter touches only records from Orbax's files.
+    _ORBAX_LOG_FILTER.verbose = verbose
+    absl_logger = logging.getLogger("absl")
+    if _ORBAX_LOG_FILTER not in absl_logger.filters:
+        absl_logger.addFilter(_ORBAX_LOG_FILTER)
+
+
+_ADDRESS = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>|\[source locations='[^']*'\]")
+
+
+def _reason(err: BaseException) -> str:
+    """One readable line for an exception: its type and first message line, without object reprs."""
+    text = _ADDRESS.sub("", str(err)).strip().splitlines()
+    line = " ".join(text[0].split())[:240] if text else ""
+    return f"{type(err).__name__}: {line}" if line else type(err).__name__
+
+
+def _leaf_name(path) -> str:
+    """'params/w1' for a key path, whatever the container (dataclass field, dict key, sequence index)."""
+    parts = []
+    for entry in path:
+        for attr in ("name", "key", "idx"):
+            if hasattr(entry, attr):
+                parts.append(str(getattr(entry, attr)))
+                break
+        else:
+            parts.append(str(entry))
+    return "/".join(parts)
+
+
+def _leaf_layouts(tree: Any) -> dict[str, str]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {_leaf_name(p): f"{tuple(v.shape)} {np.dtype(v.dtype).name}" for p, v in flat}
+
+
+def _structure_diff(saved: dict[str, str], given: dict[str, str]) -> list[str]:
+    out = []
+    for name in sorted(set(saved) | set(given)):
+        a, b = saved.get(name, "<absent>"), given.get(name, "<absent>")
+        if a != b:
+            out.append(f"{name}: {a} → {b}")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -165,6 +248,25 @@ class TrainingCheckpointer:
         async_save: write in a background thread (the device → host copy still happens inside `save`).
         preemption_check_every: with several processes, agree on the preemption flag every this many steps.
         git_dir: where to read the git revision (default: this package's checkout).
+        verbose: show Orbax's INFO logging (hidden by default; its warnings and errors always show).
+
+    Resume contract of `restore_or_init(state, start_fresh=False)` (checkpoints are tried newest first):
+        - no checkpoint and nothing in `<dir>/corrupt/`: returns `(state, False)` (`<dir>/previous/`, written only
+          on request, does not count);
+        - the newest readable checkpoint fits: returns `(restored, True)`. Each newer unreadable one (truncated,
+          garbled or missing files) gives one `CorruptCheckpointWarning` "checkpoint step S in DIR could not be
+          read (Type: first line of the error); it was moved to DIR/corrupt/S-<time>; resuming from step R
+          instead" and is moved there (not deleted);
+        - a checkpoint's config differs (outside `ignore_config_keys`): `ConfigMismatchError` (a ValueError;
+          `.differences` = dotted keys); nothing on disk changes;
+        - a checkpoint's tree does not fit `state` (a leaf added, removed, or of another shape/dtype: the code or
+          model changed): `StructureMismatchError` (a ValueError; `.differences` = leaf paths such as
+          "params/w1", message lines "params/w1: (3, 32) float32 → (3, 64) float32"); nothing on disk changes;
+        - no checkpoint readable, or none left but some under `corrupt/`: `NoUsableCheckpointError` (a
+          RuntimeError) listing each step and why; nothing on disk changes.
+        `start_fresh=True` is the only way to start from step 0 in a directory that holds checkpoints: every
+        step directory and `corrupt/` are moved to `<dir>/previous/<time>/` (nothing is deleted), a warning
+        says so, and `(state, False)` is returned.
     Example:
         >>> ckpt = TrainingCheckpointer(workdir, config, keep=3, save_every=1000)
         >>> state, resumed = ckpt.restore_or_init(state)
@@ -187,7 +289,9 @@ class TrainingCheckpointer:
         async_save: bool = True,
         preemption_check_every: int = 10,
         git_dir: str | None = None,
+        verbose: bool = False,
     ):
+        _install_orbax_log_filter(verbose)
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         if save_every < 1:
@@ -213,7 +317,9 @@ class TrainingCheckpointer:
     def _new_manager(self) -> ocp.CheckpointManager:
         options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True, cleanup_tmp_directories=True,
                                                enable_async_checkpointing=self._async)
-        return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "metadata"))
+        # Handlers given up front (not just item names), so that a fresh manager can read a step's tree metadata.
+        handlers = {"state": ocp.StandardCheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()}
+        return ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     # -- preemption --------------------------------------------------------------------------------------------
 
@@ -320,73 +426,126 @@ class TrainingCheckpointer:
     def restore(self, target: TrainState, step: int | None = None) -> TrainState:
         """Restore checkpoint `step` (default: the newest) into the layout (shapes, dtypes, shardings) of `target`.
 
-        Raises `ConfigMismatchError` if the checkpoint's config differs, FileNotFoundError if there is none.
+        Raises `ConfigMismatchError` if the checkpoint's config differs, `StructureMismatchError` if its tree does
+        not fit `target`, FileNotFoundError if there is none.
         """
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         self.check_config(step)
+        self._check_structure(step, self._saved_layouts(step), _leaf_layouts(_abstract(target)))
         args = ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(target)))
         return self._manager.restore(step, args=args).state
 
-    def _quarantine(self, step: int) -> None:
-        """Move an unreadable step out of Orbax's sight (kept for inspection, not deleted)."""
+    def _saved_layouts(self, step: int) -> dict[str, str]:
+        """Leaf path → "shape dtype" of the state stored at `step` (from Orbax's metadata; raises if unreadable)."""
+        metadata = self._manager.item_metadata(step)
+        tree = metadata.get("state") if hasattr(metadata, "get") else None
+        if tree is None:
+            raise FileNotFoundError(f"the state of step {step} is missing")
+        return _leaf_layouts(tree)
+
+    def _check_structure(self, step: int, saved: dict[str, str], given: dict[str, str]) -> None:
+        diff = _structure_diff(saved, given)
+        if diff:
+            lines = "\n  ".join(diff[:20]) + (f"\n  ... and {len(diff) - 20} more" if len(diff) > 20 else "")
+            raise StructureMismatchError(
+                f"the checkpoint at step {step} in {self.directory} does not fit the given state: "
+                f"{len(diff)} leaves differ (checkpoint → given):\n  {lines}\nNothing was changed on disk. "
+                "The model or optimiser changed since it was written: restore with the code that wrote it "
+                "(git_revision.txt), or start over with another directory or restore_or_init(..., start_fresh=True).",
+                [d.split(":", 1)[0] for d in diff],
+            )
+
+    def _move_aside(self, moves: Sequence[tuple[str, epath.Path]]) -> None:
+        """Rename entries of the directory (name → destination path) on process 0, then reopen the manager."""
         if jax.process_index() == 0:
-            source = epath.Path(self.directory) / str(step)
-            stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
-            destination = epath.Path(self.directory) / "corrupt" / f"{step}-{stamp}"
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            if source.exists():
-                source.rename(destination)
+            for name, destination in moves:
+                source = epath.Path(self.directory) / name
+                if source.exists():
+                    destination.parent.mkdir(parents=True, exist_ok=True)
+                    source.rename(destination)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
-            multihost_utils.sync_global_devices(f"fm_jax_checkpoint_quarantine_{step}")
+            multihost_utils.sync_global_devices(f"fm_jax_checkpoint_move_{moves[0][1].name}")
         self._manager.close()
         self._manager = self._new_manager()
 
-    def restore_or_init(self, state: TrainState) -> tuple[TrainState, bool]:
-        """Resume from the newest readable checkpoint, or return `state` unchanged when there is none.
+    def _has_corrupt(self) -> bool:
+        corrupt = epath.Path(self.directory) / "corrupt"
+        return corrupt.exists() and any(corrupt.iterdir())
+
+    def restore_or_init(self, state: TrainState, *, start_fresh: bool = False) -> tuple[TrainState, bool]:
+        """Resume from the newest readable checkpoint, or return `state` in a directory without checkpoints.
 
         `state` is a freshly initialised `TrainState` placed as training wants it (its shardings are the restore
-        target). A step that fails to load gives a `CorruptCheckpointWarning`, is moved to `<dir>/corrupt/` and the
-        previous step is tried. A config mismatch is never skipped: it raises `ConfigMismatchError`.
+        target). The contract (which error, what is moved, `start_fresh`) is in the class docstring.
 
         Returns:
             (state, resumed) with resumed True when a checkpoint was restored.
         """
-        failures = []
-        for step in sorted(self._manager.all_steps(), reverse=True):
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        if start_fresh:
+            held = [str(s) for s in steps] + (["corrupt"] if self._has_corrupt() else [])
+            if held:
+                destination = epath.Path(self.directory) / "previous" / stamp
+                self._move_aside([(name, destination / name) for name in held])
+                logger.warning("start_fresh: %d checkpoint entries moved to %s; training starts from step 0",
+                               len(held), destination)
+            return state, False
+        # Orbax logs each unreadable file it meets (at ERROR, with file contents): the warning or error raised
+        # here says the same in one line, so its own records are held back while probing.
+        _ORBAX_LOG_FILTER.probing = True
+        try:
+            return self._resume(state, steps, stamp)
+        finally:
+            _ORBAX_LOG_FILTER.probing = False
+
+    def _resume(self, state: TrainState, steps: list[int], stamp: str) -> tuple[TrainState, bool]:
+        given = _leaf_layouts(_abstract(state))
+        unreadable: list[tuple[int, str]] = []
+        for step in steps:
             try:
+                saved = self._saved_layouts(step)
                 self.check_config(step)
             except ConfigMismatchError:
                 raise
-            except Exception as err:  # noqa: BLE001 - any read error means this step is unusable
-                failures.append(self._fallback(step, err))
+            except Exception as err:  # noqa: BLE001 - unreadable metadata: this step is unusable
+                unreadable.append((step, _reason(err)))
                 continue
+            self._check_structure(step, saved, given)
             try:
                 restored = self.restore(state, step)
-            except Exception as err:  # noqa: BLE001
-                failures.append(self._fallback(step, err))
+            except Exception as err:  # noqa: BLE001 - the layout fits, so a failed read is damaged data
+                unreadable.append((step, _reason(err)))
                 continue
+            for bad, reason in unreadable:
+                destination = epath.Path(self.directory) / "corrupt" / f"{bad}-{stamp}"
+                warnings.warn(
+                    f"checkpoint step {bad} in {self.directory} could not be read ({reason}); it was moved to "
+                    f"{destination}; resuming from step {step} instead",
+                    CorruptCheckpointWarning,
+                    stacklevel=2,
+                )
+                self._move_aside([(str(bad), destination)])
             logger.info("resumed from step %d in %s", step, self.directory)
             return restored, True
-        if failures:
-            raise RuntimeError(f"no checkpoint in {self.directory} could be restored: {'; '.join(failures)}")
+        if unreadable:
+            listing = "\n  ".join(f"step {s}: {r}" for s, r in unreadable)
+            raise NoUsableCheckpointError(
+                f"no checkpoint in {self.directory} could be restored; nothing was changed on disk:\n  {listing}\n"
+                "Inspect or remove them yourself, or pass start_fresh=True to move them to previous/ and start "
+                "from step 0."
+            )
+        if self._has_corrupt():
+            raise NoUsableCheckpointError(
+                f"{self.directory} holds no checkpoint but unreadable ones were moved aside to corrupt/: refusing "
+                "to start from step 0 silently. Move one back to retry it, or pass start_fresh=True to start from "
+                "step 0."
+            )
         return state, False
-
-    def _fallback(self, step: int, err: Exception) -> str:
-        older = [s for s in self._manager.all_steps() if s < step]
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
-        then = f"resuming from step {max(older)} instead" if older else "no older checkpoint is left"
-        warnings.warn(
-            f"checkpoint step {step} in {self.directory} could not be read ({reason}); it was moved to "
-            f"{os.path.join(self.directory, 'corrupt')}; {then}",
-            CorruptCheckpointWarning,
-            stacklevel=3,
-        )
-        self._quarantine(step)
-        return f"step {step}: {reason}"
 
     # -- lifetime ----------------------------------------------------------------------------------------------
 

@@ -62,6 +62,8 @@ _Q_DEN = (1.0, 2.2692059649967784, 1.9701092206211095, 0.8115920882910196, 0.157
 _W_SCALE = 10.0
 _W_CLAMP = 1e8  # beyond z = 1e4, q is held at its value there (1e-4 from exact): h changes by < 1e-12 relative
 _W_SERIES = 1e-2  # below this w (z < 0.1) the Bessel functions are replaced by their Taylor series
+_GAMMA_MAX_ROUNDS = 64  # bound of the Gamma rejection loop (each round accepts with probability >= 0.95)
+_MAX_RATE = 2.0**30  # largest Poisson mean a s sampled: counts are int32 (JAX saturates them at 2^31 - 1)
 
 
 def _float_dtype(*args):
@@ -292,7 +294,10 @@ def sample(key: Key, s: ArrayLike, a: ArrayLike, c: ArrayLike, shape: tuple[int,
 
     and N = 0 gives the atoms K_s = B c s (probability e^{-a s}). Poisson draws (transformed rejection for large
     means) and Beta draws (a ratio of two Gamma draws, Marsaglia-Tsang) are exact, so the sampler is exact for
-    every `a s` (1e3 and far beyond); its cost does not grow with `a s`.
+    every `a s` up to 2^30 (~1e9); its cost does not grow with `a s`.
+
+    Every loop inside is bounded for every input, under `jax.jit` too: values that are out of range but not
+    checkable (traced NaN, s < 0, a <= 0, c <= 0, or a s > 2^30) give NaN draws; concrete ones raise ValueError.
 
     Args:
         key: PRNG key.
@@ -311,29 +316,52 @@ def sample(key: Key, s: ArrayLike, a: ArrayLike, c: ArrayLike, shape: tuple[int,
 def _gamma_at_least_one(key: Key, shape_param: Array) -> Array:
     """Exact Gamma(alpha, 1) draws for alpha >= 1 (Marsaglia & Tsang 2000), one vectorised rejection loop.
 
-    With d = alpha - 1/3 and x ~ N(0, 1), v = (1 + x / sqrt(9 d))^3 is accepted when v > 0 and
+    With d = alpha - 1/3, x ~ N(0, 1) and y = x / sqrt(9 d), v = (1 + y)^3 is accepted when v > 0 and
     log U < x^2 / 2 + d - d v + d log v; then d v ~ Gamma(alpha). Acceptance is >= 95 % for every alpha >= 1,
     so the loop ends after a few rounds. Lighter to compile than `jax.random.beta` (two general Gamma samplers).
+    The exponent equals 3 d (log(1 + y) - y + y^2/2 - y^3/3) exactly, which is evaluated instead: written as
+    given it cancels catastrophically for large d (in float32 it is wrong by ~d * 1e-7, so shapes of ~1e8, i.e.
+    a s ~ 1e8, were almost never accepted).
+
+    The loop is bounded for every input: a shape that is NaN, infinite or below 1 is NaN from the start (it
+    would never be accepted), and at most `_GAMMA_MAX_ROUNDS` rounds run; a draw still rejected then (probability
+    below 0.05^64 ~ 5e-84 per element) is NaN rather than biased.
     """
     d = shape_param - 1.0 / 3.0
+    valid = jnp.isfinite(shape_param) & (shape_param >= 1.0)
+    d = jnp.where(valid, d, 1.0)  # the rejection step never sees an invalid shape
     scale = jax.lax.rsqrt(9.0 * d)
 
     def cond(state):
-        return ~jnp.all(state[2])
+        return (state[0] < _GAMMA_MAX_ROUNDS) & ~jnp.all(state[3])
 
     def body(state):
-        key, out, done = state
+        rounds, key, out, done = state
         key, k_normal, k_uniform = jax.random.split(key, 3)
         x = jax.random.normal(k_normal, d.shape, d.dtype)
         u = jax.random.uniform(k_uniform, d.shape, d.dtype)
-        v = (1.0 + scale * x) ** 3
-        positive = v > 0
-        log_v = jnp.log(jnp.where(positive, v, 1.0))
-        accept = positive & (jnp.log(u) < 0.5 * x * x + d - d * v + d * log_v)
-        return key, jnp.where(accept & ~done, d * v, out), done | accept
+        y = scale * x
+        positive = y > -1.0
+        accept = positive & (jnp.log(u) < 3.0 * d * _log1p_remainder(jnp.where(positive, y, 0.0)))
+        return rounds + 1, key, jnp.where(accept & ~done, d * (1.0 + y) ** 3, out), done | accept
 
-    init = (key, jnp.ones_like(d), jnp.zeros(d.shape, bool))
-    return jax.lax.while_loop(cond, body, init)[1]
+    init = (jnp.zeros((), jnp.int32), key, jnp.full_like(d, jnp.nan), ~valid)
+    return jax.lax.while_loop(cond, body, init)[2]
+
+
+def _log1p_remainder(y: Array) -> Array:
+    """log(1 + y) - y + y^2/2 - y^3/3 for y > -1, without cancellation (series -y^4/4 + y^5/5 - ... for |y| < 1/4).
+
+    The direct form beyond |y| = 1/4 loses at most ~250 ulps relative; there y = x / sqrt(9 d) means |x| > 3/4 sqrt(d),
+    so the absolute error of the exponent 3 d R stays at the rounding level wherever a draw is likely.
+    """
+    small = jnp.abs(y) < 0.25
+    ys = jnp.where(small, y, 0.0)
+    series = jnp.zeros_like(ys)
+    for k in range(33, 3, -1):  # 30 terms: truncation below 0.25^30 ~ 1e-18 relative
+        series = series * ys + (1.0 if k % 2 else -1.0) / k
+    direct = jnp.log1p(y) - y + y * y * (0.5 - y / 3.0)
+    return jnp.where(small, series * ys**4, direct)
 
 
 @functools.partial(jax.jit, static_argnames="shape")
@@ -341,14 +369,19 @@ def _sample(key, s, a, c, shape):
     # Compiled once per shape and dtype: eager callers would otherwise re-dispatch the Poisson and Gamma loops.
     dtype = s.dtype
     k_n, k_g, k_sign = jax.random.split(key, 3)
-    n = jax.random.poisson(k_n, a * s, shape)
+    # Out-of-range values (NaN, s < 0, a <= 0, c <= 0, a s beyond int32 counts) give NaN, never a hang: JAX's
+    # Poisson sampler returns -1 for a negative or NaN mean (a Gamma shape of 0, never accepted) and loops ~2^31
+    # times for an infinite one, so it only ever sees a valid mean.
+    rate = a * s
+    valid = (s >= 0) & (a > 0) & (c > 0) & jnp.isfinite(c) & jnp.isfinite(rate) & (rate <= _MAX_RATE)
+    n = jax.random.poisson(k_n, jnp.where(valid, rate, 0.0), shape)
     half = n // 2
     # tau / s = G1 / (G1 + G2) ~ Beta(floor(n/2) + 1, ceil(n/2)); both shapes >= 1 (n = 0 is replaced below).
     shapes = jnp.stack([half + 1, jnp.maximum(n - half, 1)]).astype(dtype)
     g1, g2 = _gamma_at_least_one(k_g, shapes)
     direction = jnp.where(n == 0, jnp.ones_like(g1), (g1 - g2) / (g1 + g2))  # = 2 tau / s - 1
     sign = jax.random.rademacher(k_sign, shape, dtype)
-    return sign * c * s * direction
+    return jnp.where(valid, sign * c * s * direction, jnp.nan)
 
 
 __all__ = ["atom_mass", "density", "sample", "variance", "velocity"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import re
 import shutil
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +24,8 @@ from fm_jax import distributed as fd
 from fm_jax.checkpoint import (
     ConfigMismatchError,
     CorruptCheckpointWarning,
+    NoUsableCheckpointError,
+    StructureMismatchError,
     TrainingCheckpointer,
     config_diff,
     git_revision,
@@ -227,15 +231,97 @@ def test_half_written_checkpoint_is_ignored(tmp_path, trained):
     ckpt.close()
 
 
-def test_every_checkpoint_corrupt_is_an_error(tmp_path, trained):
-    ckpt = _save_all(tmp_path, trained[: N + 1])
+def _listing(directory) -> list[str]:
+    return sorted(os.path.relpath(f, directory) for f in glob.glob(os.path.join(directory, "**"), recursive=True))
+
+
+def test_every_checkpoint_corrupt_is_an_error_and_nothing_moves(tmp_path, trained):
+    ckpt = _save_all(tmp_path, trained[: 2 * N + 1])
     ckpt.close()
-    _remove_state(os.path.join(tmp_path, str(N)))
+    _remove_state(os.path.join(tmp_path, str(2 * N)))
+    _garble_data(os.path.join(tmp_path, str(N)))
+    before = _listing(tmp_path)
     ckpt = TrainingCheckpointer(tmp_path, CONFIG, handle_sigterm=False)
-    with pytest.warns(CorruptCheckpointWarning, match="no older checkpoint"):
-        with pytest.raises(RuntimeError, match="could be restored"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an error, no warning about steps being moved
+        with pytest.raises(NoUsableCheckpointError, match=rf"could be restored.*\n  step {2 * N}: .*\n  step {N}: "):
             ckpt.restore_or_init(trained[0])
+    assert _listing(tmp_path) == before  # nothing deleted, nothing moved
+    # Launching again says the same: never a silent fresh start.
+    with pytest.raises(NoUsableCheckpointError):
+        ckpt.restore_or_init(trained[0])
     ckpt.close()
+
+
+def test_corrupt_warning_is_one_readable_line(tmp_path, trained):
+    _save_all(tmp_path, trained[: 2 * N + 1]).close()
+    _garble_data(os.path.join(tmp_path, str(2 * N)))
+    ckpt = TrainingCheckpointer(tmp_path, CONFIG, handle_sigterm=False)
+    with pytest.warns(CorruptCheckpointWarning) as record:
+        ckpt.restore_or_init(trained[0])
+    message = str(record[0].message)
+    assert "\n" not in message and " at 0x" not in message and "source locations" not in message, message
+    ckpt.close()
+
+
+def test_moved_aside_checkpoints_are_never_a_silent_fresh_start(tmp_path, trained):
+    _save_all(tmp_path, trained[: N + 1]).close()
+    os.makedirs(tmp_path / "corrupt")
+    os.rename(tmp_path / str(N), tmp_path / "corrupt" / f"{N}-20260101T000000")
+    ckpt = TrainingCheckpointer(tmp_path, CONFIG, handle_sigterm=False)
+    with pytest.raises(NoUsableCheckpointError, match="start_fresh=True"):
+        ckpt.restore_or_init(trained[0])
+    ckpt.close()
+
+
+def test_start_fresh_moves_everything_aside_and_deletes_nothing(tmp_path, trained):
+    _save_all(tmp_path, trained[: 2 * N + 1]).close()
+    os.makedirs(tmp_path / "corrupt" / "old")
+    ckpt = TrainingCheckpointer(tmp_path, CONFIG, handle_sigterm=False)
+    state, resumed = ckpt.restore_or_init(trained[0], start_fresh=True)
+    assert not resumed and state is trained[0] and ckpt.all_steps() == []
+    (stamp,) = os.listdir(tmp_path / "previous")
+    assert sorted(os.listdir(tmp_path / "previous" / stamp)) == sorted([str(N), str(2 * N), "corrupt"])
+    ckpt.save(trained[N], force=True)  # the fresh run saves and resumes as usual
+    ckpt.wait_until_finished()
+    state, resumed = ckpt.restore_or_init(trained[0])
+    assert resumed and int(state.step) == N
+    ckpt.close()
+
+
+def test_structure_change_is_an_error_naming_the_leaves_and_touches_nothing(tmp_path, trained):
+    _save_all(tmp_path, trained[: 2 * N + 1]).close()
+    before = _listing(tmp_path)
+    # The code changed: w1 is wider and a new leaf appeared (a fresh state of another architecture).
+    params = {"w1": jnp.zeros((3, 64)), "b": jnp.zeros(32), "w2": jnp.zeros((32, 2)), "w3": jnp.zeros(2)}
+    other = fj.init_train_state(jax.random.key(2), params, fj.make_optimizer(1e-2))
+    ckpt = TrainingCheckpointer(tmp_path, CONFIG, handle_sigterm=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not reported as corruption
+        with pytest.raises(StructureMismatchError, match=r"params/w1: \(3, 32\) float32 → \(3, 64\) float32") as info:
+            ckpt.restore_or_init(other)
+    assert "params/w1" in info.value.differences and "params/w3" in info.value.differences
+    assert "ema_params/w1" in info.value.differences and "b" not in " ".join(info.value.differences)
+    assert "<absent> → (2,) float32" in str(info.value)
+    with pytest.raises(StructureMismatchError):
+        ckpt.restore(other)
+    assert _listing(tmp_path) == before and not os.path.exists(tmp_path / "corrupt")
+    # The run itself still resumes with its own code.
+    state, resumed = ckpt.restore_or_init(trained[0])
+    assert resumed and int(state.step) == 2 * N
+    ckpt.close()
+
+
+def test_orbax_info_logging_is_quiet_unless_verbose(tmp_path, trained, caplog):
+    with caplog.at_level(logging.DEBUG):
+        _save_all(tmp_path / "quiet", trained[: N + 1]).close()
+    orbax_info = [r for r in caplog.records if "orbax" in r.pathname and r.levelno < logging.WARNING]
+    assert orbax_info == []
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):
+        _save_all(tmp_path / "loud", trained[: N + 1], verbose=True).close()
+    assert any("orbax" in r.pathname and r.levelno == logging.INFO for r in caplog.records)
+    TrainingCheckpointer(tmp_path / "reset", CONFIG, handle_sigterm=False).close()  # back to quiet
 
 
 def test_mismatched_config_is_a_clear_error(tmp_path, trained):

@@ -159,3 +159,26 @@ def test_cifar10_config_matches_the_registered_path(variant, a, c):
     assert config.eval.solver == "euler" and config.eval.step_counts == (100,) and config.dataset.name == "cifar10"
     with pytest.raises(ValueError, match="variant"):
         cifar10_kac.get_config("a1_c1")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize(
+    "path", [P.KacPath(), P.KacPath(a=25.0, c=2.0, signal=P.CosineSignal(), clock=P.QuadraticClock())],
+    ids=["default", "cosine-quadratic"],
+)
+def test_conditional_velocity_keeps_atoms_exact(path, dtype):
+    # z = f x1 + K rounded; recomputing z - f x1 must not move an atom inside the cone (speed 0.55 c instead of c).
+    with jax.enable_x64(dtype == jnp.float64):
+        t = jnp.asarray(0.95, dtype)
+        x1 = jax.random.normal(jax.random.key(0), (5_000,), dtype) * 3.0
+        key = jax.random.key(1)
+        sample = path.sample_conditional(key, x1, t)
+        s = path.kac_time(t)
+        noise = kac.sample(key, path.clock.g(s, path.T), path.a, path.c, x1.shape).astype(dtype)
+        atoms = np.asarray(jnp.abs(noise) == path.c * path.clock.g(s, path.T))
+        assert 0.3 < atoms.mean() < 0.99  # atom mass e^{-a g} (0.64 and 0.94 here): most coordinates are atoms
+        u = np.asarray(path.conditional_velocity(sample.z_t, x1, t))
+        target = np.asarray(sample.target)
+        # On the atoms the two agree to rounding of -T (f' x1 + g' c sign): relative 1e-5 of T c (float32).
+        scale = float(path.T * path.c) * (1e-5 if dtype == jnp.float32 else 1e-12)
+        np.testing.assert_allclose(u[atoms], target[atoms], rtol=0, atol=scale * (1 + np.abs(x1[atoms]).max()))

@@ -149,8 +149,10 @@ class KacPath(AbstractFirstOrderPath):
         check_positive(self.T, "KacPath T (final clock)")
 
     def kac_time(self, t: Scalar) -> Scalar:
-        """The paper's clock s = T (1 - t) for our time t."""
-        return self.T * (1.0 - t)
+        """The paper's clock s = T (1 - t) for our time t; NaN for t outside [0, 1] (or NaN), so that a traced
+        out-of-range time gives NaN samples and targets instead of a valid-looking draw at a mirrored clock."""
+        t = jnp.asarray(t)
+        return jnp.where((t >= 0.0) & (t <= 1.0), self.T * (1.0 - t), jnp.nan)
 
     def sample_source(self, key: Key, shape: tuple[int, ...]) -> Array:
         """Product of 1-D Kac laws at the final clock g(T) (exact draws, `fm_jax.kac.sample`)."""
@@ -166,9 +168,21 @@ class KacPath(AbstractFirstOrderPath):
         return PathSample(z, self._target(x1, noise, s).astype(dtype))
 
     def conditional_velocity(self, z: Array, x1: Array, t: Scalar) -> Array:
-        """u_t(z | x1) = -T [f'(s) x1 + g'(s) v(g(s), z - f(s) x1)] with s = T (1 - t); z, x1: (*d)."""
+        """u_t(z | x1) = -T [f'(s) x1 + g'(s) v(g(s), z - f(s) x1)] with s = T (1 - t); z, x1: (*d).
+
+        A displacement within rounding of the cone |z - f x1| = c g(s) is put on the atom (speed exactly c): the
+        sampler's z = f x1 + K is rounded, so z - f x1 recomputed can land one rounding step inside the cone,
+        where the velocity is ~c a g / (a g + 2) instead of c. The atoms carry mass e^{-a g}, the band of width
+        ~eps (|z| + |f x1| + c g) next to them a mass of order eps, so snapping is the right call there.
+        """
         s = self.kac_time(t)
-        return self._target(x1, z - self.signal.f(s, self.T) * x1, s)
+        fx1 = self.signal.f(s, self.T) * x1
+        displacement = z - fx1
+        edge = self.c * self.clock.g(s, self.T)  # = fl(c g): where `kac.sample` puts the atoms
+        eps = jnp.finfo(jnp.result_type(displacement)).eps
+        near_atom = jnp.abs(displacement) >= edge - 2.0 * eps * (jnp.abs(z) + jnp.abs(fx1) + edge)
+        displacement = jnp.where(near_atom, jnp.sign(displacement) * edge, displacement)
+        return self._target(x1, displacement, s)
 
     def _target(self, x1: Array, displacement: Array, s: Scalar) -> Array:
         g = self.clock.g(s, self.T)
