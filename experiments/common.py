@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from experiments import registry
-from fm_jax.checkpoint import ConfigMismatchError
+from fm_jax.checkpoint import ConfigMismatchError, NoUsableCheckpointError, StructureMismatchError
 from fm_jax.training import DivergenceError
 
 
@@ -119,16 +119,20 @@ def run(main: Callable[[Any, str], Any], default_config: str, default_workdir: s
 
     config_flags.DEFINE_config_file("config", default_config, "Configuration file (a get_config() module).")
     flags.DEFINE_string("workdir", default_workdir, "Directory for checkpoints, metrics, results and plots.")
+    flags.DEFINE_bool("start_fresh", False, "Move the workdir's checkpoints aside (to checkpoints/previous/) and train "
+                      "from step 0; without it a run never restarts from scratch where checkpoints exist.")
 
     def wrapped(argv):
+        global START_FRESH
         del argv
         config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+        START_FRESH = bool(flags.FLAGS.start_fresh)
         quiet_logs(bool(config.get("log", {}).get("verbose", False)))
         try:
             main(config, workdir)
         except ConfigError as err:
             _exit(f"error: {err}", 2)
-        except (ConfigMismatchError, DivergenceError) as err:
+        except (ConfigMismatchError, DivergenceError, NoUsableCheckpointError, StructureMismatchError) as err:
             _exit(f"error: {err}", 1)
         except Preempted as stop:
             _exit(str(stop), 143)  # 128 + SIGTERM: schedulers requeue
@@ -143,6 +147,15 @@ class Preempted(Exception):  # noqa: N818 - a stop, not an error
         super().__init__(f"stopped by SIGTERM at step {step}: checkpoint written to {directory}; relaunch the same "
                          f"command to resume")
         self.step = step
+
+
+# Set from the `--start_fresh` flag by `run`; library callers of the trainers leave it False.
+START_FRESH = False
+
+
+def resume(ckpt, state):
+    """`ckpt.restore_or_init(state)`, starting fresh (checkpoints moved aside, never deleted) only on request."""
+    return ckpt.restore_or_init(state, start_fresh=START_FRESH)
 
 
 def checkpointer(config, workdir: str, ignore_config_keys=("train.steps", "eval", "log")):

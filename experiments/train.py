@@ -104,7 +104,7 @@ def train(config, path, apply, params, workdir: str | None = None, progress: boo
     rows: list[dict] = []
     try:
         if ckpt is not None:
-            state, _ = ckpt.restore_or_init(state)
+            state, _ = common.resume(ckpt, state)
         start = int(state.step)
         hooks = [lambda step, s, row: rows.append(row)]
         writer = None

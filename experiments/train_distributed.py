@@ -50,7 +50,7 @@ def train_distributed(config, workdir: str, *, model_axis: int | None = None, bf
                                 save_every=save_every or t.checkpoint_every, ignore_config_keys=("train.steps",),
                                 handle_sigterm=handle_sigterm)
     try:
-        state, resumed = ckpt.restore_or_init(state)
+        state, resumed = common.resume(ckpt, state)
         start_step = int(state.step)
         path = fd.replicate(path, mesh)
         rows = fd.process_batch_rows(t.batch_size, mesh)

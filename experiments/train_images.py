@@ -156,7 +156,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> list[d
     state = fd.shard_state(fj.init_train_state(jax.random.key(config.seed), params, optimizer), mesh)
     ckpt = common.checkpointer(config, workdir)
     try:
-        state, _ = ckpt.restore_or_init(state)
+        state, _ = common.resume(ckpt, state)
         start_step = int(state.step)
         rows = fd.process_batch_rows(t.batch_size, mesh)
         loader = image_data.make_loader(source, batch_size=rows.stop - rows.start, seed=config.seed + start_step,

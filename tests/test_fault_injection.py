@@ -130,8 +130,6 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(finished_run, 
     assert STEPS + EVERY in _steps(workdir)
 
 
-@pytest.mark.xfail(strict=False, reason="needs checkpoint restore fix: never start from scratch in a directory "
-                                        "whose checkpoints were all moved aside")
 def test_all_checkpoints_corrupt_is_an_error_and_never_a_silent_restart(finished_run, tmp_path):
     workdir = _copy(finished_run, tmp_path)
     for step in _steps(workdir):
@@ -142,6 +140,10 @@ def test_all_checkpoints_corrupt_is_an_error_and_never_a_silent_restart(finished
         assert out.returncode != 0, "a run whose checkpoints are all unreadable started from scratch"
         assert "could be restored" in out.stderr or "corrupt" in out.stderr, out.stderr[-2000:]
     assert _rows(workdir)[0] == lines_before  # the curve is untouched
+    # Only an explicit request starts over, and the unreadable checkpoints are kept aside, not deleted.
+    out = _run(workdir, "--start_fresh")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert os.listdir(os.path.join(workdir, "checkpoints", "previous"))
 
 
 def test_structure_change_is_a_clear_error_and_touches_nothing(finished_run, tmp_path):
