@@ -37,18 +37,15 @@ import jax.numpy as jnp
 from .. import hamiltonian as ham
 from .._checks import check_positive, check_scalar_time, is_concrete
 from .._typing import Array, Key, Scalar
-from .base import AbstractFirstOrderPath, AbstractInterpolantPath, PathSample
-
-
-def _array(x) -> Array:
-    return jnp.asarray(x, dtype=jnp.result_type(float))
+from .._util import as_float_array as _array
+from .base import AbstractFirstOrderPath, AbstractInterpolantPath, AbstractSourceDensity, PathSample
 
 
 def _gaussian_log_prob(z0: Array, std: Scalar) -> Scalar:
     return -0.5 * jnp.sum((z0 / std) ** 2) - z0.size * (jnp.log(std) + 0.5 * math.log(2 * math.pi))
 
 
-class OscillationHGFPath(AbstractInterpolantPath):
+class OscillationHGFPath(AbstractInterpolantPath, AbstractSourceDensity):
     """Oscillation HGF: harmonic force F = -alpha^2 x, independent velocities v0 ~ N(0, sigma_v^2 I).
 
     Paper clock tau = T (1 - t), T = pi / (2 alpha); with z0 = v0 / alpha the source draw,
@@ -108,7 +105,7 @@ class OscillationHGFPath(AbstractInterpolantPath):
         return -self.tau_max * ham.oscillation_score_to_velocity(score, x, self.tau(t), self.alpha, self.sigma_v)
 
 
-class ZeroForceHGFPath(AbstractInterpolantPath):
+class ZeroForceHGFPath(AbstractInterpolantPath, AbstractSourceDensity):
     """Zero-force HGF with independent velocities: the VE / EDM diffusion path with sigma = tau.
 
     F = 0 and v0 ~ N(0, I) give x_tau = x1 + tau v0 (papers.md §3.4). Clock tau(t) = sigma_min
@@ -169,7 +166,7 @@ class ZeroForceHGFPath(AbstractInterpolantPath):
         return self.d_tau(t) * ham.zero_force_score_to_velocity(score, x, self.tau(t))
 
 
-class CoupledZeroForceHGFPath(AbstractInterpolantPath):
+class CoupledZeroForceHGFPath(AbstractInterpolantPath, AbstractSourceDensity):
     """Zero-force HGF with coupled velocities v0 = eps - x1, eps ~ N(0, sigma_v^2 I): Cond-OT flow matching.
 
     Paper clock tau = 1 - t: x_tau = x1 + tau v0 = t x1 + (1 - t) eps; target u = -v0 = x1 - eps (papers.md §3.4).
@@ -234,7 +231,7 @@ class ApplyForce(eqx.Module):
         return self.apply(self.params, x[None], jnp.asarray(tau, x.dtype)[None])[0]
 
 
-class ForceFieldHGFPath(AbstractFirstOrderPath):
+class ForceFieldHGFPath(AbstractFirstOrderPath, AbstractSourceDensity):
     """HGF for a general force field F(x, tau), integrated by velocity Verlet with `n_steps` steps.
 
     Draws v0 ~ N(0, sigma_v^2 I), integrates the PH-ODE from (x1, v0) over [0, tau], tau = T (1 - t), and returns
@@ -287,7 +284,7 @@ class ForceFieldHGFPath(AbstractFirstOrderPath):
         return PathSample(x, dxdt)
 
 
-class ReflectingBoxHGFPath(AbstractFirstOrderPath):
+class ReflectingBoxHGFPath(AbstractFirstOrderPath, AbstractSourceDensity):
     """Reflection HGF: free flight x1 + tau v0 in the box [-L, L]^d with elastic walls (an infinite wall force).
 
     Closed form per coordinate by unfolding: y = x1 + tau v0 + L taken modulo 4L gives x = y - L, v = v0 on
