@@ -20,8 +20,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._typing import Array, Key, Params, State
-from .paths.base import AbstractPath
+from ._typing import Array, Key, Params, PyTree, State
+from .paths.base import AbstractPath, AbstractSourceDensity
 
 # Model evaluations per attempted step, and whether the solver reuses its last stage (FSAL: one extra
 # evaluation at the start of the solve instead of one per step).
@@ -57,11 +57,44 @@ def count_nfe(solver: diffrax.AbstractSolver, num_accepted: Array, num_rejected:
     return per_step * (num_accepted + num_rejected) + (1 if fsal else 0)
 
 
-def model_vector_field(path: AbstractPath, apply: Callable, params: Params) -> Callable[[Array, State], State]:
-    """The ODE right-hand side f(t, z) = path.vector_field(apply(params, z, t), z, t) for batched states."""
+def model_vector_field(
+    path: AbstractPath,
+    apply: Callable,
+    params: Params,
+    cond: PyTree[Array] | None = None,
+    guidance_scale: Array | float | None = None,
+    null_cond: PyTree[Array] | None = None,
+) -> Callable[[Array, State], State]:
+    """The ODE right-hand side f(t, z) = path.vector_field(prediction(z, t), z, t) for batched states.
+
+    prediction = apply(params, z, t, cond). With classifier-free guidance (`guidance_scale` w given), the model is
+    evaluated with the condition and with the null condition in one batched call, and
+        prediction = (1 + w) apply(z, t, cond) − w apply(z, t, null_cond)
+    (Ho & Salimans 2022: w = 0 is the plain conditional model, w > 0 sharpens; flow_matching / torchcfm write
+    the same mixture as s·cond + (1 − s)·uncond with s = 1 + w). Guidance mixes the model's *prediction* before
+    `path.vector_field`, so phase-space paths keep their structure (ForM's speed bound holds for any force).
+
+    Args:
+        cond: batched conditioning (leading axis = the batch of z), or None. guidance_scale: w, or None for
+            none. null_cond: one example's null condition (e.g. `jnp.asarray(num_classes)`), broadcast over the
+            batch; required with guidance.
+    """
+    if guidance_scale is not None and (cond is None or null_cond is None):
+        raise ValueError("classifier-free guidance needs cond (batched) and null_cond (one example's null condition)")
 
     def f(t, z):
-        return path.vector_field(apply(params, z, t), z, t)
+        if cond is None:
+            return path.vector_field(apply(params, z, t), z, t)
+        if guidance_scale is None:
+            return path.vector_field(apply(params, z, t, cond), z, t)
+        null = jax.tree_util.tree_map(lambda c, n: jnp.broadcast_to(jnp.asarray(n, c.dtype), c.shape), cond, null_cond)
+        both = lambda a, b: jnp.concatenate([a, b], axis=0)
+        n = jax.tree_util.tree_leaves(z)[0].shape[0]
+        out = apply(params, jax.tree_util.tree_map(both, z, z), jnp.broadcast_to(t, (2 * n,)),
+                    jax.tree_util.tree_map(both, cond, null))
+        w = jnp.asarray(guidance_scale)
+        prediction = jax.tree_util.tree_map(lambda o: (1 + w) * o[:n] - w * o[n:], out)
+        return path.vector_field(prediction, z, t)
 
     return f
 
@@ -140,6 +173,9 @@ def sample(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     save_trajectory: int | None = None,
+    cond: PyTree[Array] | None = None,
+    guidance_scale: Array | float | None = None,
+    null_cond: PyTree[Array] | None = None,
 ) -> SampleResult:
     """Draw `num_samples` from the source, integrate the model's vector field from t = 0 to 1, read out.
 
@@ -148,6 +184,8 @@ def sample(
         apply, params: the batched model `apply(params, z, t)`.
         data_shape: shape of one data example (*d).
         solver, num_steps, rtol, atol, save_trajectory: as in `integrate`.
+        cond, guidance_scale, null_cond: conditioning (leading axis num_samples) and classifier-free guidance,
+            as in `model_vector_field`; pass guidance_scale as an array to change it without recompiling.
     Returns:
         `SampleResult(samples (n, *d), state, nfe, trajectory, ts)`.
 
@@ -157,7 +195,8 @@ def sample(
     keys = jax.random.split(key, num_samples)
     z0 = jax.vmap(lambda k: path.sample_source(k, tuple(data_shape)))(keys)
     z1, nfe, traj, ts = integrate(
-        model_vector_field(path, apply, params), z0, solver=solver, num_steps=num_steps, rtol=rtol, atol=atol,
+        model_vector_field(path, apply, params, cond, guidance_scale, null_cond), z0,
+        solver=solver, num_steps=num_steps, rtol=rtol, atol=atol,
         save_trajectory=save_trajectory,
     )
     return SampleResult(path.readout(z1), z1, nfe, traj, ts)
@@ -185,22 +224,31 @@ def log_likelihood(
     num_steps: int | None = None,
     rtol: float = 1e-5,
     atol: float = 1e-5,
+    cond: PyTree[Array] | None = None,
+    guidance_scale: Array | float | None = None,
+    null_cond: PyTree[Array] | None = None,
 ) -> tuple[Array, Array]:
     """Exact log-density log p_1(x) of the model's flow at data points x: (n, *d) (first-order paths).
 
     The divergence is exact (a full Jacobian per example, cost d model jvps), so this is meant for low
-    dimension; the source must have a density (`path.source_log_prob`).
+    dimension; the source must have a density (the path is an `AbstractSourceDensity`). `cond` (leading axis n),
+    `guidance_scale`, `null_cond`: conditioning and guidance as in `model_vector_field` (log p_1(x | cond)).
     Returns:
         (log_prob (n,), nfe).
     """
+    if not isinstance(path, AbstractSourceDensity):
+        raise TypeError(f"{type(path).__name__} has no source density (not an AbstractSourceDensity); exact "
+                        "likelihood needs a path whose source law has a density")
 
-    def single_velocity(z, t):
-        return path.vector_field(apply(params, z[None], t), z[None], t)[0]
+    def single_velocity(z, t, c):
+        c = None if c is None else jax.tree_util.tree_map(lambda leaf: leaf[None], c)
+        return model_vector_field(path, apply, params, c, guidance_scale, null_cond)(t, z[None])[0]
 
     def rhs(t, state):
         z, _ = state
         # The velocity comes out of the same Jacobian evaluation as its divergence (no extra model call).
-        u, div = jax.vmap(lambda zi: _value_and_divergence(lambda y: single_velocity(y, t), zi))(z)
+        per_example = lambda zi, ci: _value_and_divergence(lambda y: single_velocity(y, t, ci), zi)
+        u, div = jax.vmap(per_example)(z, cond)
         return u, -div
 
     init = (x, jnp.zeros(x.shape[0], x.dtype))

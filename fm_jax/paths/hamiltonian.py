@@ -61,8 +61,8 @@ class OscillationHGFPath(AbstractInterpolantPath, AbstractSourceDensity):
     sigma_v: Array = eqx.field(converter=_array, default=1.0)
 
     def __check_init__(self):
-        ham._check_alpha(self.alpha, allow_zero=False)
-        ham._check_sigma_v(self.sigma_v)
+        check_positive(self.alpha, "alpha (the oscillation frequency)")
+        check_positive(self.sigma_v, "sigma_v (the initial velocity scale)")
 
     @property
     def tau_max(self) -> Scalar:
@@ -176,7 +176,7 @@ class CoupledZeroForceHGFPath(AbstractInterpolantPath, AbstractSourceDensity):
     sigma_v: Array = eqx.field(converter=_array, default=1.0)
 
     def __check_init__(self):
-        ham._check_sigma_v(self.sigma_v)
+        check_positive(self.sigma_v, "sigma_v (the initial velocity scale)")
 
     def sample_source(self, key: Key, shape: tuple[int, ...]) -> Array:
         return self.sigma_v * jax.random.normal(key, shape)
@@ -255,7 +255,7 @@ class ForceFieldHGFPath(AbstractFirstOrderPath, AbstractSourceDensity):
 
     def __check_init__(self):
         check_positive(self.tau_max, "ForceFieldHGFPath tau_max")
-        ham._check_sigma_v(self.sigma_v)
+        check_positive(self.sigma_v, "sigma_v (the initial velocity scale)")
         check_positive(self.source_std, "ForceFieldHGFPath source_std")
         if self.n_steps < 1:
             raise ValueError(f"ForceFieldHGFPath n_steps must be >= 1, got {self.n_steps}")
@@ -302,7 +302,7 @@ class ReflectingBoxHGFPath(AbstractFirstOrderPath, AbstractSourceDensity):
 
     def __check_init__(self):
         check_positive(self.half_width, "ReflectingBoxHGFPath half_width")
-        ham._check_sigma_v(self.sigma_v)
+        check_positive(self.sigma_v, "sigma_v (the initial velocity scale)")
         check_positive(self.tau_max, "ReflectingBoxHGFPath tau_max")
 
     def tau(self, t: Scalar) -> Scalar:
