@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from .._checks import check_positive, is_concrete
-from .._typing import Array, Key, Scalar
+from .._typing import Array, Float, Key, Scalar
 from .base import AbstractInterpolantPath, AbstractSourceDensity
 
 
@@ -199,10 +199,10 @@ class AffinePath(AbstractInterpolantPath, AbstractSourceDensity):
         d = z0.size
         return -0.5 * jnp.sum((z0 / s0) ** 2) - d * (jnp.log(s0) + 0.5 * math.log(2 * math.pi))
 
-    def interpolate(self, x0: Array, x1: Array, t: Scalar) -> Array:
+    def interpolate(self, x0: Float[Array, "*d"], x1: Float[Array, "*d"], t: Scalar) -> Float[Array, "*d"]:
         return self.schedule.alpha(t) * x1 + (self.schedule.sigma(t) / self.schedule.sigma(0.0)) * x0
 
-    def velocity(self, x0: Array, x1: Array, t: Scalar) -> Array:
+    def velocity(self, x0: Float[Array, "*d"], x1: Float[Array, "*d"], t: Scalar) -> Float[Array, "*d"]:
         return self.schedule.d_alpha(t) * x1 + (self.schedule.d_sigma(t) / self.schedule.sigma(0.0)) * x0
 
     # Conversions between prediction types (all elementwise; x, u, x1, eps broadcast together).

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 from .. import hamiltonian as ham
 from .._checks import check_positive, check_scalar_time, is_concrete
-from .._typing import Array, Key, Scalar
+from .._typing import Array, Float, Key, Scalar
 from .._util import as_float_array as _array
 from .base import AbstractFirstOrderPath, AbstractInterpolantPath, AbstractSourceDensity, PathSample
 
@@ -79,11 +79,11 @@ class OscillationHGFPath(AbstractInterpolantPath, AbstractSourceDensity):
     def source_log_prob(self, z0: Array) -> Scalar:
         return _gaussian_log_prob(z0, self.sigma_v / self.alpha)
 
-    def interpolate(self, x0: Array, x1: Array, t: Scalar) -> Array:
+    def interpolate(self, x0: Float[Array, "*d"], x1: Float[Array, "*d"], t: Scalar) -> Float[Array, "*d"]:
         x, _ = ham.oscillation_state(x1, self.alpha * x0, self.tau(t), self.alpha)
         return x
 
-    def velocity(self, x0: Array, x1: Array, t: Scalar) -> Array:
+    def velocity(self, x0: Float[Array, "*d"], x1: Float[Array, "*d"], t: Scalar) -> Float[Array, "*d"]:
         _, v = ham.oscillation_state(x1, self.alpha * x0, self.tau(t), self.alpha)
         return -self.tau_max * v
 
@@ -140,12 +140,12 @@ class ZeroForceHGFPath(AbstractInterpolantPath, AbstractSourceDensity):
     def source_log_prob(self, z0: Array) -> Scalar:
         return _gaussian_log_prob(z0, self.sigma_max)
 
-    def interpolate(self, x0: Array, x1: Array, t: Scalar) -> Array:
+    def interpolate(self, x0: Float[Array, "*d"], x1: Float[Array, "*d"], t: Scalar) -> Float[Array, "*d"]:
         v0 = x0 / self.sigma_max
         x, _ = ham.oscillation_state(x1, v0, self.tau(t), 0.0)  # alpha = 0: the zero-force flow x1 + tau v0
         return x
 
-    def velocity(self, x0: Array, x1: Array, t: Scalar) -> Array:
+    def velocity(self, x0: Float[Array, "*d"], x1: Float[Array, "*d"], t: Scalar) -> Float[Array, "*d"]:
         del x1
         return self.d_tau(t) * x0 / self.sigma_max
 
@@ -184,11 +184,11 @@ class CoupledZeroForceHGFPath(AbstractInterpolantPath, AbstractSourceDensity):
     def source_log_prob(self, z0: Array) -> Scalar:
         return _gaussian_log_prob(z0, self.sigma_v)
 
-    def interpolate(self, x0: Array, x1: Array, t: Scalar) -> Array:
+    def interpolate(self, x0: Float[Array, "*d"], x1: Float[Array, "*d"], t: Scalar) -> Float[Array, "*d"]:
         x, _ = ham.oscillation_state(x1, x0 - x1, 1.0 - t, 0.0)
         return x
 
-    def velocity(self, x0: Array, x1: Array, t: Scalar) -> Array:
+    def velocity(self, x0: Float[Array, "*d"], x1: Float[Array, "*d"], t: Scalar) -> Float[Array, "*d"]:
         del t
         return x1 - x0
 
@@ -276,7 +276,7 @@ class ForceFieldHGFPath(AbstractFirstOrderPath, AbstractSourceDensity):
     def source_log_prob(self, z0: Array) -> Scalar:
         return _gaussian_log_prob(z0, self.source_std)
 
-    def sample_conditional(self, key: Key, x1: Array, t: Scalar) -> PathSample:
+    def sample_conditional(self, key: Key, x1: Float[Array, "*d"], t: Scalar) -> PathSample:
         t = check_scalar_time(t)
         v0 = self.sigma_v * jax.random.normal(key, jnp.shape(x1), jnp.result_type(x1, t))
         x1 = x1.astype(v0.dtype)
@@ -323,7 +323,7 @@ class ReflectingBoxHGFPath(AbstractFirstOrderPath, AbstractSourceDensity):
         inside = jnp.all(jnp.abs(z0) <= self.half_width)
         return jnp.where(inside, -z0.size * jnp.log(2.0 * self.half_width), -jnp.inf)
 
-    def sample_conditional(self, key: Key, x1: Array, t: Scalar) -> PathSample:
+    def sample_conditional(self, key: Key, x1: Float[Array, "*d"], t: Scalar) -> PathSample:
         t = check_scalar_time(t)
         v0 = self.sigma_v * jax.random.normal(key, jnp.shape(x1), jnp.result_type(x1, t))
         x, v = self.state(x1.astype(v0.dtype), v0, self.tau(t))

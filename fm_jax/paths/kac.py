@@ -216,7 +216,7 @@ class KacPath(AbstractFirstOrderPath, AbstractCouplablePath):
         """Product of 1-D Kac laws at the final clock g(T) (exact draws, `fm_jax.kac.sample`)."""
         return kac.sample(key, self.clock.g(self.T, self.T), self.a, self.c, shape)
 
-    def sample_conditional(self, key: Key, x1: Array, t: Scalar) -> PathSample:
+    def sample_conditional(self, key: Key, x1: Float[Array, "*d"], t: Scalar) -> PathSample:
         t = check_scalar_time(t)
         dtype = jnp.result_type(x1, t)
         s = self.kac_time(t)
