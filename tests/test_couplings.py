@@ -141,8 +141,8 @@ def test_kac_bridge_target_is_the_time_derivative_of_the_bridge(t):
         np.testing.assert_allclose(np.asarray(draw(t).target), np.asarray(fd), rtol=1e-6, atol=1e-6)
 
 
-def _train_cond_ot(coupling, steps=1200):
-    model = models.MLP(2, 2, hidden=128, depth=3, rngs=nnx.Rngs(0))
+def _train_cond_ot(coupling, steps, hidden):
+    model = models.MLP(2, 2, hidden=hidden, depth=3, rngs=nnx.Rngs(0))
     apply, params = models.as_apply(model)
     loss_fn = functools.partial(losses.flow_matching_loss, apply=apply, coupling=coupling)
     opt = training.make_optimizer(2e-3, total_steps=steps)
@@ -152,10 +152,10 @@ def _train_cond_ot(coupling, steps=1200):
     return apply, state.params
 
 
-def ot_straightening_figures(coupling, n=1000, steps=1200):
+def ot_straightening_figures(coupling, n=1000, steps=1200, hidden=128):
     """(per-trajectory straightness (n,), W2 of 1-step and 2-step Euler samples to fresh data) for one coupling."""
     path = P.AffinePath(P.CondOT())
-    apply, params = _train_cond_ot(coupling, steps)
+    apply, params = _train_cond_ot(coupling, steps, hidden)
     fine = sampling.sample(jax.random.key(2), path, apply, params, n, (2,), num_steps=64, save_trajectory=65)
     traj, ts = fine.trajectory, fine.ts
     per = jax.vmap(lambda tr: metrics.straightness(tr[:, None], ts), in_axes=1)(traj)
@@ -165,10 +165,13 @@ def ot_straightening_figures(coupling, n=1000, steps=1200):
     return np.asarray(per), w2
 
 
-def test_ot_coupling_straightens_cond_ot_on_eight_gaussians():
-    n = 1000
-    s_ind, w_ind = ot_straightening_figures(couplings.IndependentCoupling(), n)
-    s_ot, w_ot = ot_straightening_figures(couplings.ExactOTCoupling(), n)
+@pytest.mark.parametrize(
+    "n, steps, hidden",
+    [pytest.param(400, 300, 64, id="fast"), pytest.param(1000, 1200, 128, id="full", marks=pytest.mark.slow)],
+)
+def test_ot_coupling_straightens_cond_ot_on_eight_gaussians(n, steps, hidden):
+    s_ind, w_ind = ot_straightening_figures(couplings.IndependentCoupling(), n, steps, hidden)
+    s_ot, w_ot = ot_straightening_figures(couplings.ExactOTCoupling(), n, steps, hidden)
     print("independent", s_ind.mean(), w_ind, "exact OT", s_ot.mean(), w_ot)
     # Straightness: means over n trajectories; the gap must exceed 5 standard errors of the difference.
     se = np.sqrt(s_ind.var() / n + s_ot.var() / n)
