@@ -90,7 +90,7 @@ def model_vector_field(
         null = jax.tree_util.tree_map(lambda c, n: jnp.broadcast_to(jnp.asarray(n, c.dtype), c.shape), cond, null_cond)
         both = lambda a, b: jnp.concatenate([a, b], axis=0)
         n = jax.tree_util.tree_leaves(z)[0].shape[0]
-        out = apply(params, jax.tree_util.tree_map(both, z, z), jnp.broadcast_to(t, (2 * n,)),
+        out = apply(params, jax.tree_util.tree_map(both, z, z), t,
                     jax.tree_util.tree_map(both, cond, null))
         w = jnp.asarray(guidance_scale)
         prediction = jax.tree_util.tree_map(lambda o: (1 + w) * o[:n] - w * o[n:], out)

@@ -106,7 +106,9 @@ def test_guidance_on_form_mixes_forces_and_keeps_the_speed_bound():
                           save_trajectory=21)
     x = np.asarray(res.trajectory.x)
     speed = np.linalg.norm(np.diff(x, axis=0), axis=-1) / (1 / 20)
-    assert np.all(np.isfinite(x)) and speed.max() < 2.0  # |dx/dt| < c on every step, for any force
+    # |dx/dt| < c on every step, for any force (the force saturates the speed at c; differences of float32
+    # positions of size ~3 over dt = 1/20 carry ~1e-5 of rounding).
+    assert np.all(np.isfinite(x)) and speed.max() < 2.0 * (1 + 1e-5)
 
 
 def test_class_embedding_models_accept_labels_and_null_class():
