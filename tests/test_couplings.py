@@ -17,6 +17,10 @@ from fm_jax import paths as P
 from fm_jax.data import toy
 from tests.all_paths import ALL_PATHS
 
+# The path is a traced argument (its hyper-parameters are array leaves), as in the library's own compiled calls.
+_given = jax.jit(lambda path, key, z0, x1, t: path.sample_conditional_given_source(key, z0, x1, t))
+_given_batch = jax.jit(lambda path, *args: jax.vmap(path.sample_conditional_given_source)(*args))
+
 COUPLABLE = [pytest.param(c, id=c.name) for c in ALL_PATHS if isinstance(c.make(), P.AbstractCouplablePath)]
 
 
@@ -60,12 +64,12 @@ def test_given_source_at_t0_is_the_source_draw(case):
     path = case.make()
     x1 = jnp.array([0.7, -0.4])
     z0 = path.sample_source(jax.random.key(2), (2,))
-    s = path.sample_conditional_given_source(jax.random.key(3), z0, x1, jnp.asarray(0.0))
+    s = _given(path, jax.random.key(3), z0, x1, jnp.asarray(0.0))
     # Exact for the paths whose state at t = 0 is the source draw; VP/VE (alpha(0) x1) and VE-like HGF (x1 + z0)
     # carry the data offset their schedule keeps at t = 0 (the same allowance as the moment test).
     for a, b in zip(jax.tree_util.tree_leaves(s.z_t), jax.tree_util.tree_leaves(z0)):
         assert float(jnp.max(jnp.abs(a - b))) <= 1e-4 + case.t0_mean_atol
-    s1 = path.sample_conditional_given_source(jax.random.key(3), z0, x1, jnp.asarray(1.0))
+    s1 = _given(path, jax.random.key(3), z0, x1, jnp.asarray(1.0))
     np.testing.assert_allclose(np.asarray(path.readout(s1.z_t)), np.asarray(x1), atol=case.t1_atol)
     with pytest.raises(ValueError, match="shape"):
         path.sample_conditional_given_source(jax.random.key(3), jax.tree_util.tree_map(lambda a: a[:1], z0), x1,
@@ -103,7 +107,7 @@ def test_kac_bridge_from_a_source_draw_has_the_kac_law(t):
     k0, k1, k2 = jax.random.split(jax.random.key(int(100 * t)), 3)
     x1 = jnp.zeros((n, 1))
     z0 = jax.vmap(lambda k: path.sample_source(k, (1,)))(jax.random.split(k0, n))
-    bridge = jax.vmap(path.sample_conditional_given_source)(jax.random.split(k1, n), z0, x1, jnp.full(n, t))
+    bridge = _given_batch(path, jax.random.split(k1, n), z0, x1, jnp.full(n, t))
     direct = kac.sample(k2, path.kac_time(t), 9.0, 3.0, (n,))
     a, b = np.asarray(bridge.z_t[:, 0], np.float64), np.asarray(direct, np.float64)
     edge = 3.0 * float(path.kac_time(t))
@@ -123,8 +127,8 @@ def test_a_wrong_bridge_fails_the_law_test():
     path = P.KacPath()
     k0, k1, k2 = jax.random.split(jax.random.key(9), 3)
     z0 = -0.5 * jax.vmap(lambda k: path.sample_source(k, (1,)))(jax.random.split(k0, n))
-    bridge = jax.vmap(path.sample_conditional_given_source)(jax.random.split(k1, n), z0, jnp.zeros((n, 1)),
-                                                             jnp.full(n, 0.3))
+    bridge = _given_batch(path, jax.random.split(k1, n), z0,
+                                                                     jnp.zeros((n, 1)), jnp.full(n, 0.3))
     direct = np.asarray(kac.sample(k2, path.kac_time(0.3), 9.0, 3.0, (n,)))
     assert stats.ks_2samp(np.asarray(bridge.z_t[:, 0]), direct).pvalue < 1e-6
 
@@ -136,9 +140,9 @@ def test_kac_bridge_target_is_the_time_derivative_of_the_bridge(t):
         x1 = jnp.array([0.7, -0.4, 0.1])
         z0 = path.sample_source(jax.random.key(10), (3,))
         key, h = jax.random.key(11), 1e-6
-        draw = lambda s: path.sample_conditional_given_source(key, z0, x1, jnp.asarray(s))
-        fd = (draw(t + h).z_t - draw(t - h).z_t) / (2 * h)
-        np.testing.assert_allclose(np.asarray(draw(t).target), np.asarray(fd), rtol=1e-6, atol=1e-6)
+        draw = lambda s: _given(path, key, z0, x1, s)
+        fd = (draw(jnp.asarray(t + h)).z_t - draw(jnp.asarray(t - h)).z_t) / (2 * h)
+        np.testing.assert_allclose(np.asarray(draw(jnp.asarray(t)).target), np.asarray(fd), rtol=1e-6, atol=1e-6)
 
 
 def _train_cond_ot(coupling, steps, hidden):
