@@ -5,6 +5,7 @@ losses, metrics and models are shared by all of them.
 """
 
 from . import checkpoint as checkpoint
+from . import couplings as couplings
 from . import data as data
 from . import distributed as distributed
 from . import hamiltonian as hamiltonian
@@ -21,6 +22,7 @@ from . import sampling as sampling
 from . import training as training
 from ._checks import checks as checks
 from ._checks import checks_enabled as checks_enabled
+from .losses import Batch as Batch
 from .losses import flow_matching_loss as flow_matching_loss
 from .paths.base import PathSample as PathSample
 from .sampling import log_likelihood as log_likelihood

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree
 
 Scalar = Float[Array, ""]
 ScalarLike = Float[ArrayLike, ""]
@@ -12,4 +12,4 @@ Key = PRNGKeyArray
 State = PyTree[Float[Array, "..."]]
 Params = PyTree[Any]
 
-__all__ = ["Array", "ArrayLike", "Float", "Key", "Params", "PyTree", "Scalar", "ScalarLike", "State"]
+__all__ = ["Array", "ArrayLike", "Float", "Int", "Key", "Params", "PyTree", "Scalar", "ScalarLike", "State"]

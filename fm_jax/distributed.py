@@ -36,7 +36,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ._typing import Array, Key, Params, PyTree
-from .losses import AbstractTimeSampler, UniformTime, _squared_error
+from .losses import AbstractTimeSampler, Batch, UniformTime, flow_matching_loss
 from .paths.base import AbstractPath
 from .training import LossFn, TrainState, apply_gradients, train_step
 
@@ -270,12 +270,13 @@ def example_keyed_flow_matching_loss(
     time_sampler: AbstractTimeSampler = UniformTime(),
     weighting: Callable[[Array], Array] | None = None,
 ) -> tuple[Array, dict[str, Array]]:
-    """Flow-matching loss E_t E_{z_t, target | x1} [ w(t) ||model(z_t, t) − target||² ] with per-example keys.
+    """`fm_jax.flow_matching_loss` with per-example keys (an alias kept for existing callers).
 
-    The same objective as `fm_jax.flow_matching_loss`, but example i draws its time and conditional sample from
-    key_i = fold_in(key, batch.index[i]) (t_i = time_sampler.sample(key_t_i, 1)), so a device holding rows
-    [a, b) of the global batch draws exactly the numbers it would draw on one device. The time sampler sees one
-    draw at a time (stratification across the batch does not apply).
+    Example i draws its time and conditional sample from key_i = fold_in(key, batch.index[i])
+    (t_i = time_sampler.sample(key_t_i, 1)), so a device holding rows [a, b) of the global batch draws exactly
+    the numbers it would draw on one device; it is `flow_matching_loss(params, key, Batch(batch.data,
+    index=batch.index), path, ...)`. The time sampler sees one draw at a time (stratification across the batch
+    does not apply).
 
     Args:
         params: model parameters. key: PRNG key of the step. batch: `IndexedBatch` with data x1 (B, *d).
@@ -284,21 +285,10 @@ def example_keyed_flow_matching_loss(
     Returns:
         (loss, {"loss": loss}), loss the mean over this batch (a device's slice under pmap).
     """
-    x1 = batch.data
-
-    def draw(index, x):
-        k_t, k_path = jax.random.split(jax.random.fold_in(key, index))
-        t = time_sampler.sample(k_t, 1)[0].astype(x.dtype)
-        return t, path.sample_conditional(k_path, x, t)
-
-    t, sample = jax.vmap(draw)(batch.index, x1)
-    target = jax.lax.stop_gradient(sample.target)
-    prediction = apply(params, sample.z_t, t)
-    err = _squared_error(prediction, target)
-    if weighting is not None:
-        err = weighting(t) * err
-    loss = jnp.mean(err)
-    return loss, {"loss": loss}
+    return flow_matching_loss(
+        params, key, Batch(batch.data, index=batch.index), path, apply=apply, time_sampler=time_sampler,
+        weighting=weighting,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------

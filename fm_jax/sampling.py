@@ -37,7 +37,7 @@ import numpy as np
 
 from ._checks import is_concrete
 from ._typing import Array, Key, Params, PyTree, Scalar, State
-from .paths.base import AbstractPath
+from .paths.base import AbstractPath, AbstractSourceDensity
 
 
 class SampleResult(NamedTuple):
@@ -76,11 +76,44 @@ def count_nfe(solver: diffrax.AbstractSolver, num_accepted: Array, num_rejected:
     return n * (num_accepted + num_rejected) + (1 if extra else 0)
 
 
-def model_vector_field(path: AbstractPath, apply: Callable, params: Params) -> Callable[[Array, State], State]:
-    """The ODE right-hand side f(t, z) = path.vector_field(apply(params, z, t), z, t) for batched states."""
+def model_vector_field(
+    path: AbstractPath,
+    apply: Callable,
+    params: Params,
+    cond: PyTree[Array] | None = None,
+    guidance_scale: Array | float | None = None,
+    null_cond: PyTree[Array] | None = None,
+) -> Callable[[Array, State], State]:
+    """The ODE right-hand side f(t, z) = path.vector_field(prediction(z, t), z, t) for batched states.
+
+    prediction = apply(params, z, t, cond). With classifier-free guidance (`guidance_scale` w given), the model is
+    evaluated with the condition and with the null condition in one batched call, and
+        prediction = (1 + w) apply(z, t, cond) − w apply(z, t, null_cond)
+    (Ho & Salimans 2022: w = 0 is the plain conditional model, w > 0 sharpens; flow_matching / torchcfm write
+    the same mixture as s·cond + (1 − s)·uncond with s = 1 + w). Guidance mixes the model's *prediction* before
+    `path.vector_field`, so phase-space paths keep their structure (ForM's speed bound holds for any force).
+
+    Args:
+        cond: batched conditioning (leading axis = the batch of z), or None. guidance_scale: w, or None for
+            none. null_cond: one example's null condition (e.g. `jnp.asarray(num_classes)`), broadcast over the
+            batch; required with guidance.
+    """
+    if guidance_scale is not None and (cond is None or null_cond is None):
+        raise ValueError("classifier-free guidance needs cond (batched) and null_cond (one example's null condition)")
 
     def f(t, z):
-        return path.vector_field(apply(params, z, t), z, t)
+        if cond is None:
+            return path.vector_field(apply(params, z, t), z, t)
+        if guidance_scale is None:
+            return path.vector_field(apply(params, z, t, cond), z, t)
+        null = jax.tree_util.tree_map(lambda c, n: jnp.broadcast_to(jnp.asarray(n, c.dtype), c.shape), cond, null_cond)
+        both = lambda a, b: jnp.concatenate([a, b], axis=0)
+        n = jax.tree_util.tree_leaves(z)[0].shape[0]
+        out = apply(params, jax.tree_util.tree_map(both, z, z), t,
+                    jax.tree_util.tree_map(both, cond, null))
+        w = jnp.asarray(guidance_scale)
+        prediction = jax.tree_util.tree_map(lambda o: (1 + w) * o[:n] - w * o[n:], out)
+        return path.vector_field(prediction, z, t)
 
     return f
 
@@ -196,6 +229,9 @@ def sample_from(
     t1: float = 1.0,
     ts: Array | None = None,
     save_trajectory: int | None = None,
+    cond: PyTree[Array] | None = None,
+    guidance_scale: Array | float | None = None,
+    null_cond: PyTree[Array] | None = None,
 ) -> SampleResult:
     """Integrate the model's vector field from given states z0 (batched, leading axis n) between two times.
 
@@ -205,6 +241,7 @@ def sample_from(
     Args:
         path, apply, params: as in `sample`. z0: batched states, (n, *d) for first-order paths.
         solver, num_steps, rtol, atol, t0, t1, ts, save_trajectory: as in `integrate`.
+        cond, guidance_scale, null_cond: conditioning and classifier-free guidance (`model_vector_field`).
     Returns:
         `SampleResult(path.readout(z_end), z_end, nfe, trajectory, ts)`.
     Example:
@@ -212,17 +249,18 @@ def sample_from(
         >>> x_back = sample_from(path, apply, params, code, num_steps=50).samples                # decode
     """
     ts = _check_integrate_args(solver, num_steps, ts, save_trajectory)
-    return _sample_from(path, apply, params, z0, solver=solver, num_steps=num_steps, rtol=rtol, atol=atol, t0=t0,
-                        t1=t1, ts=ts, save_trajectory=save_trajectory)
+    return _sample_from(path, apply, params, z0, cond, guidance_scale, null_cond, solver=solver, num_steps=num_steps,
+                        rtol=rtol, atol=atol, t0=t0, t1=t1, ts=ts, save_trajectory=save_trajectory)
 
 
 @eqx.filter_jit
-def _sample_from(path, apply, params, z0, *, solver, num_steps, rtol, atol, t0, t1, ts, save_trajectory):
+def _sample_from(path, apply, params, z0, cond, guidance_scale, null_cond, *, solver, num_steps, rtol, atol, t0, t1,
+                 ts, save_trajectory):
     # Compiled with path, apply and params as arguments (the vector field is built inside the trace), so new
     # parameters or hyper-parameter values reuse the compiled solve.
     z1, nfe, traj, ts_out = _integrate(
-        model_vector_field(path, apply, params), z0, solver=solver, num_steps=num_steps, rtol=rtol, atol=atol,
-        t0=t0, t1=t1, ts=ts, save_trajectory=save_trajectory, max_steps=16_384,
+        model_vector_field(path, apply, params, cond, guidance_scale, null_cond), z0, solver=solver,
+        num_steps=num_steps, rtol=rtol, atol=atol, t0=t0, t1=t1, ts=ts, save_trajectory=save_trajectory, max_steps=16_384,
     )
     return SampleResult(path.readout(z1), z1, nfe, traj, ts_out)
 
@@ -241,6 +279,9 @@ def sample(
     atol: float = 1e-5,
     ts: Array | None = None,
     save_trajectory: int | None = None,
+    cond: PyTree[Array] | None = None,
+    guidance_scale: Array | float | None = None,
+    null_cond: PyTree[Array] | None = None,
 ) -> SampleResult:
     """Draw `num_samples` from the source, integrate the model's vector field from t = 0 to 1, read out.
 
@@ -249,6 +290,8 @@ def sample(
         apply, params: the batched model `apply(params, z, t)`.
         data_shape: shape of one data example (*d).
         solver, num_steps, rtol, atol, ts, save_trajectory: as in `integrate` (a grid `ts` should run from 0 to 1).
+        cond, guidance_scale, null_cond: conditioning (leading axis num_samples) and classifier-free guidance,
+            as in `model_vector_field`; pass guidance_scale as an array to change it without recompiling.
     Returns:
         `SampleResult(samples (n, *d), state, nfe, trajectory, ts)`.
 
@@ -259,7 +302,7 @@ def sample(
         raise ValueError(f"num_samples must be a positive integer, got {num_samples}")
     z0 = _draw_source(key, path, num_samples, tuple(data_shape))
     return sample_from(path, apply, params, z0, solver=solver, num_steps=num_steps, rtol=rtol, atol=atol, ts=ts,
-                       save_trajectory=save_trajectory)
+                       save_trajectory=save_trajectory, cond=cond, guidance_scale=guidance_scale, null_cond=null_cond)
 
 
 @eqx.filter_jit
@@ -343,44 +386,56 @@ def log_likelihood(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     return_source: bool = False,
+    cond: PyTree[Array] | None = None,
+    guidance_scale: Array | float | None = None,
+    null_cond: PyTree[Array] | None = None,
 ):
     """Log-density log p_1(x) of the model's flow at data points x: (n, *d) (first-order paths).
 
     Integrates (z, Δ) backwards from (x, 0) at t = 1 to t = 0 with dΔ/dt = −div u_t(z), so that
-    log p_1(x) = log p_0(z_0) − Δ(0) with Δ(0) = ∫_0^1 div u_t(z_t) dt. The source must have a density (the path's
-    `source_log_prob`, or the `source_log_prob` given here for a model trained from another source law).
+    log p_1(x) = log p_0(z_0) − Δ(0) with Δ(0) = ∫_0^1 div u_t(z_t) dt. The source must have a density (the path
+    is an `AbstractSourceDensity`, or a `source_log_prob` is given here, e.g. for a model trained from another
+    source law).
     Args:
         divergence: `Exact()` (default) or `Hutchinson(num_probes)` (unbiased; needs `key`).
         key: PRNG key for the divergence estimator's probes (unused by `Exact`).
         source_log_prob: log-density of one source point `(*d) -> ()`; default `path.source_log_prob`.
         solver, num_steps, rtol, atol: as in `integrate`.
         return_source: also return the source points z_0.
+        cond (leading axis n), guidance_scale, null_cond: conditioning and guidance as in `model_vector_field`
+            (then the result is log p_1(x | cond)).
     Returns:
         (log_prob (n,), nfe), or `LikelihoodResult(log_prob, nfe, source)` with `return_source=True`.
     """
     if isinstance(divergence, Hutchinson) and key is None:
         raise ValueError("Hutchinson divergence draws random probes: pass key=jax.random.key(...)")
     if source_log_prob is None:
+        if not isinstance(path, AbstractSourceDensity):
+            raise TypeError(f"{type(path).__name__} has no source density (not an AbstractSourceDensity): the "
+                            "likelihood needs a source law with a density, or pass source_log_prob")
         source_log_prob = path.source_log_prob
-    result = _log_likelihood(path, apply, params, x, divergence, key, source_log_prob, solver=solver,
-                             num_steps=num_steps, rtol=rtol, atol=atol)
+    result = _log_likelihood(path, apply, params, x, divergence, key, source_log_prob, cond, guidance_scale,
+                             null_cond, solver=solver, num_steps=num_steps, rtol=rtol, atol=atol)
     return result if return_source else (result.log_prob, result.nfe)
 
 
 @eqx.filter_jit
-def _log_likelihood(path, apply, params, x, divergence, key, source_log_prob, *, solver, num_steps, rtol, atol):
+def _log_likelihood(path, apply, params, x, divergence, key, source_log_prob, cond, guidance_scale, null_cond, *,
+                    solver, num_steps, rtol, atol):
     keys = None if key is None else jax.random.split(key, x.shape[0])
     probes = jax.vmap(divergence.probes, in_axes=(None if keys is None else 0, 0))(keys, x)
-    field = model_vector_field(path, apply, params)
 
     def rhs(t, state):
         z, _ = state
 
-        def one(zi, pi):
-            # The velocity comes out of the same evaluation as its divergence (no extra model call).
+        def one(zi, pi, ci):
+            # One example's field (its conditioning given a batch axis of 1); the velocity comes out of the same
+            # evaluation as its divergence (no extra model call).
+            ci = None if ci is None else jax.tree_util.tree_map(lambda leaf: leaf[None], ci)
+            field = model_vector_field(path, apply, params, ci, guidance_scale, null_cond)
             return divergence.value_and_divergence(lambda y: field(t, y[None])[0], zi, pi)
 
-        u, div = jax.vmap(one)(z, probes)
+        u, div = jax.vmap(one)(z, probes, cond)
         return u, -div
 
     init = (x, jnp.zeros(x.shape[0], x.dtype))

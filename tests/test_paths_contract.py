@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fm_jax import paths as P
 from tests.all_paths import ALL_PATHS
 
 CASES = [pytest.param(c, id=c.name) for c in ALL_PATHS]
@@ -142,3 +143,50 @@ def test_time_outside_unit_interval_is_rejected(case):
             path.sample_conditional(jax.random.key(0), jnp.asarray(X1), bad)
     with pytest.raises(ValueError, match="scalar"):
         path.sample_conditional(jax.random.key(0), jnp.asarray(X1), jnp.array([0.1, 0.2]))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_shape_annotations_hold_at_run_time(case):
+    """The jaxtyping annotations of the path methods, checked by beartype on real calls (and violated on purpose)."""
+    from beartype import beartype
+    from jaxtyping import TypeCheckError, jaxtyped
+
+    path = case.make()
+    checked = lambda name: jaxtyped(typechecker=beartype)(getattr(type(path), name))
+    x1, t, key = jnp.asarray(X1), jnp.asarray(0.3, jnp.float32), jax.random.key(0)
+    checked("sample_conditional")(path, key, x1, t)
+    checked("sample_source")(path, key, X1.shape)
+    with pytest.raises(TypeCheckError):
+        checked("sample_conditional")(path, key, jnp.asarray([1, 2], jnp.int32), t)  # x1 must be floating
+    with pytest.raises(TypeCheckError):
+        checked("sample_conditional")(path, key, x1, jnp.asarray([0.3], jnp.float32))  # t must be a scalar
+    if isinstance(path, P.AbstractCouplablePath):
+        z0 = path.sample_source(key, X1.shape)
+        checked("sample_conditional_given_source")(path, key, z0, x1, t)
+    if isinstance(path, P.AbstractInterpolantPath):
+        with pytest.raises(TypeCheckError):  # x0 and x1 must share the shape *d
+            checked("interpolate")(path, jnp.zeros(3), x1, t)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_capabilities_are_types_and_only_abstract_methods_are_overridden(case):
+    """Abstract-or-final: every method a path class defines is abstract in one of its bases or new (no base
+    defines it concretely); capabilities (source density, coupling) are declared by type."""
+    import inspect
+
+    path = case.make()
+    cls = type(path)
+    for klass in cls.__mro__:
+        if klass in (object,) or not issubclass(klass, P.AbstractPath):
+            continue
+        for name, member in vars(klass).items():
+            if name.startswith("__") or not callable(member):
+                continue
+            for base in klass.__mro__[1:]:
+                if name in vars(base) and issubclass(base, P.AbstractPath):
+                    assert getattr(vars(base)[name], "__isabstractmethod__", False), (
+                        f"{klass.__name__}.{name} overrides the concrete {base.__name__}.{name}"
+                    )
+    assert hasattr(path, "source_log_prob") == isinstance(path, P.AbstractSourceDensity)
+    assert hasattr(path, "sample_conditional_given_source") == isinstance(path, P.AbstractCouplablePath)
+    assert not inspect.isabstract(cls)

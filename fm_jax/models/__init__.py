@@ -6,6 +6,7 @@ from .inception import FIDInceptionV3 as FIDInceptionV3
 from .inception import convert_pytorch_fid_weights as convert_pytorch_fid_weights
 from .inception import load_fid_inception as load_fid_inception
 from .mlp import MLP as MLP
+from .mlp import ClassEmbedding as ClassEmbedding
 from .mlp import fourier_time_embedding as fourier_time_embedding
 from .mnist_classifier import MnistClassifier as MnistClassifier
 from .unet import UNet as UNet

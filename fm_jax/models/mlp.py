@@ -28,6 +28,30 @@ def flatten_state(z: PyTree[Array]) -> Array:
     return jnp.concatenate([leaf.reshape(leaf.shape[0], -1) for leaf in leaves], axis=-1)
 
 
+class ClassEmbedding(nnx.Module):
+    """A learned embedding of integer class labels with one extra "null" class (index `num_classes`).
+
+    Call: `embed(labels, batch)` with labels (B,) ints in [0, num_classes] (or None: every example gets the null
+    class) → (B, features).
+    """
+
+    def __init__(self, num_classes: int, features: int, *, rngs: nnx.Rngs):
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes}")
+        self.num_classes = num_classes
+        self.embed = nnx.Embed(num_classes + 1, features, rngs=rngs)
+
+    def __call__(self, labels: Array | None, batch: int) -> Array:
+        if labels is None:
+            labels = jnp.full((batch,), self.num_classes, jnp.int32)
+        labels = jnp.asarray(labels)
+        if labels.shape != (batch,) or not jnp.issubdtype(labels.dtype, jnp.integer):
+            raise ValueError(
+                f"class labels must be integers of shape ({batch},), got {labels.dtype} {labels.shape}"
+            )
+        return self.embed(labels)
+
+
 class MLP(nnx.Module):
     """u_θ(z, t): an MLP on [flatten(z), fourier(t)] with SiLU activations.
 
@@ -35,8 +59,12 @@ class MLP(nnx.Module):
         in_features: total size of one example's state (all pytree leaves of z, flattened).
         out_features: size of one example's prediction; the output is reshaped to `out_shape` if given.
         hidden: width of the hidden layers; depth: number of hidden layers; time_features: embedding size.
-    Call: `model(z, t)` with z (B, *d) or a pytree of (B, ...) arrays and t (B,) → (B, out_features) or
-    (B, *out_shape).
+        num_classes: if given, the model is class-conditional: a learned embedding of the label (num_classes + 1
+            rows; index `num_classes` = `null_class` is the "no label" class of classifier-free guidance) is
+            added to the time embedding.
+    Call: `model(z, t, cond=None)` with z (B, *d) or a pytree of (B, ...) arrays, t (B,) and, for a
+    class-conditional model, integer labels cond (B,) in [0, num_classes] (None: the null class) →
+    (B, out_features) or (B, *out_shape).
     """
 
     def __init__(
@@ -48,6 +76,7 @@ class MLP(nnx.Module):
         depth: int = 3,
         time_features: int = 64,
         out_shape: tuple[int, ...] | None = None,
+        num_classes: int | None = None,
         rngs: nnx.Rngs,
     ):
         if time_features % 2:
@@ -59,13 +88,24 @@ class MLP(nnx.Module):
         sizes = [in_features + time_features] + [hidden] * depth
         self.hidden_layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
         self.output_layer = nnx.Linear(sizes[-1], out_features, rngs=rngs)
+        self.class_embedding = ClassEmbedding(num_classes, time_features, rngs=rngs) if num_classes else None
 
-    def __call__(self, z: PyTree[Array], t: Array) -> Array:
+    @property
+    def null_class(self) -> int | None:
+        """The label of the "no label" class (classifier-free guidance), or None for an unconditional model."""
+        return None if self.class_embedding is None else self.class_embedding.num_classes
+
+    def __call__(self, z: PyTree[Array], t: Array, cond: Array | None = None) -> Array:
         h = flatten_state(z)
         # The embedding is computed in float32 (or wider) even under bfloat16 compute: angles reach 2π·64·t,
         # and a bfloat16 angle of that size is off by up to a radian.
         t = jnp.broadcast_to(jnp.asarray(t, jnp.promote_types(h.dtype, jnp.float32)), (h.shape[0],))
-        h = jnp.concatenate([h, fourier_time_embedding(t, self.time_features).astype(h.dtype)], axis=-1)
+        emb = fourier_time_embedding(t, self.time_features)
+        if self.class_embedding is not None:
+            emb = emb + self.class_embedding(cond, h.shape[0]).astype(emb.dtype)
+        elif cond is not None:
+            raise ValueError("this MLP is unconditional (num_classes=None) but was given cond")
+        h = jnp.concatenate([h, emb.astype(h.dtype)], axis=-1)
         for layer in self.hidden_layers:
             h = nnx.silu(layer(h))
         out = self.output_layer(h)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .._typing import Array, PyTree
-from .mlp import fourier_time_embedding
+from .mlp import ClassEmbedding, fourier_time_embedding
 
 _zeros = nnx.initializers.zeros_init()
 
@@ -125,10 +125,13 @@ class UNet(nnx.Module):
         attention_resolutions: feature-map sizes (e.g. (16,)) that get self-attention; the middle always has one.
         num_heads: attention heads. dropout: dropout rate inside residual blocks. num_groups: GroupNorm groups.
         time_features: size of the sinusoidal time features (default: channels).
+        num_classes: if given, class-conditional: a learned label embedding (`ClassEmbedding`, one extra null
+            class `num_classes` for classifier-free guidance) is added to the time embedding.
         dtype: computation dtype (e.g. jnp.bfloat16 for mixed precision; parameters stay float32).
     Call:
-        `model(z, t)` with z (B, image_size, image_size, in_channels) (or a pytree of such arrays) and t (B,) or
-        () → (B, image_size, image_size, out_channels), in z's dtype.
+        `model(z, t, cond=None)` with z (B, image_size, image_size, in_channels) (or a pytree of such arrays), t
+        (B,) or () and, if class-conditional, labels cond (B,) (None: the null class) → (B, image_size,
+        image_size, out_channels), in z's dtype.
     """
 
     def __init__(
@@ -145,6 +148,7 @@ class UNet(nnx.Module):
         dropout: float = 0.0,
         num_groups: int = 32,
         time_features: int | None = None,
+        num_classes: int | None = None,
         dtype=None,
         rngs: nnx.Rngs,
     ):
@@ -178,6 +182,7 @@ class UNet(nnx.Module):
 
         self.time_in = nnx.Linear(time_features, emb, **kw)
         self.time_out = nnx.Linear(emb, emb, **kw)
+        self.class_embedding = ClassEmbedding(num_classes, emb, rngs=rngs) if num_classes else None
         self.conv_in = nnx.Conv(in_channels, channels, (3, 3), **kw)
 
         # Encoder. `skips` tracks the channels of every tensor pushed for the decoder.
@@ -217,7 +222,12 @@ class UNet(nnx.Module):
                   attention_resolutions=(16,), num_heads=4, dropout=0.1)
         return cls(in_channels, out_channels, rngs=rngs, **{**kw, **overrides})
 
-    def __call__(self, z: PyTree[Array], t: Array) -> Array:
+    @property
+    def null_class(self) -> int | None:
+        """The label of the "no label" class (classifier-free guidance), or None for an unconditional model."""
+        return None if self.class_embedding is None else self.class_embedding.num_classes
+
+    def __call__(self, z: PyTree[Array], t: Array, cond: Array | None = None) -> Array:
         leaves = jax.tree_util.tree_leaves(z)
         x = jnp.concatenate(leaves, axis=-1) if len(leaves) > 1 else leaves[0]
         if x.ndim != 4 or x.shape[-1] != self.in_channels:
@@ -225,6 +235,10 @@ class UNet(nnx.Module):
         out_dtype = x.dtype
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
         emb = self.time_out(nnx.silu(self.time_in(fourier_time_embedding(t, self.time_features))))
+        if self.class_embedding is not None:
+            emb = emb + self.class_embedding(cond, x.shape[0]).astype(emb.dtype)
+        elif cond is not None:
+            raise ValueError("this UNet is unconditional (num_classes=None) but was given cond")
 
         h = self.conv_in(x)
         hs = [h]

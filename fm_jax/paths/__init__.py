@@ -10,9 +10,11 @@ from .affine import LinearVP as LinearVP
 from .affine import Polynomial as Polynomial
 from .affine import gaussian_marginal_velocity as gaussian_marginal_velocity
 from .affine import schedule_transform as schedule_transform
+from .base import AbstractCouplablePath as AbstractCouplablePath
 from .base import AbstractFirstOrderPath as AbstractFirstOrderPath
 from .base import AbstractInterpolantPath as AbstractInterpolantPath
 from .base import AbstractPath as AbstractPath
+from .base import AbstractSourceDensity as AbstractSourceDensity
 from .base import PathSample as PathSample
 from .base import interpolant_velocity as interpolant_velocity
 from .hamiltonian import ApplyForce as ApplyForce

@@ -24,9 +24,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._checks import check_positive, check_scalar_time, is_concrete
-from .._typing import Array, Key, Scalar
-from .base import AbstractInterpolantPath, PathSample
+from .._checks import check_positive, is_concrete
+from .._typing import Array, Float, Key, Scalar
+from .base import AbstractInterpolantPath, AbstractSourceDensity
 
 
 def _array(x) -> Array:
@@ -251,11 +251,12 @@ class LinearVP(AbstractSchedule):
         return snr / jnp.sqrt(1.0 + snr**2)
 
 
-class AffinePath(AbstractInterpolantPath):
-    """Gaussian affine path x_t = alpha(t) x1 + sigma(t) x0 with x0 ~ N(0, I).
+class AffinePath(AbstractInterpolantPath, AbstractSourceDensity):
+    """Gaussian affine path x_t = alpha(t) x1 + sigma(t) eps with eps ~ N(0, I).
 
-    The conditional velocity is u_t = alpha'(t) x1 + sigma'(t) x0 (closed form; tested against `jax.jvp` of
-    `interpolate`). The source law is N(0, sigma(0)^2 I).
+    The source law is N(0, sigma(0)^2 I) and a source draw is x0 = sigma(0) eps, so in terms of the source draw
+    x_t = alpha(t) x1 + (sigma(t) / sigma(0)) x0 and u_t = alpha'(t) x1 + (sigma'(t) / sigma(0)) x0 (closed form;
+    tested against `jax.jvp` of `interpolate`). sigma(0) = 1 for every schedule but VE (sigma_max).
 
     Example:
         >>> path = AffinePath(CondOT())
@@ -272,17 +273,11 @@ class AffinePath(AbstractInterpolantPath):
         d = z0.size
         return -0.5 * jnp.sum((z0 / s0) ** 2) - d * (jnp.log(s0) + 0.5 * math.log(2 * math.pi))
 
-    def interpolate(self, x0: Array, x1: Array, t: Scalar) -> Array:
-        return self.schedule.alpha(t) * x1 + self.schedule.sigma(t) * x0
+    def interpolate(self, x0: Float[Array, "*d"], x1: Float[Array, "*d"], t: Scalar) -> Float[Array, "*d"]:
+        return self.schedule.alpha(t) * x1 + (self.schedule.sigma(t) / self.schedule.sigma(0.0)) * x0
 
-    def velocity(self, x0: Array, x1: Array, t: Scalar) -> Array:
-        return self.schedule.d_alpha(t) * x1 + self.schedule.d_sigma(t) * x0
-
-    def sample_conditional(self, key: Key, x1: Array, t: Scalar) -> PathSample:
-        # x0 is standard normal here: the sigma(0) scale belongs to the source law, not to the noise variable.
-        t = check_scalar_time(t)
-        x0 = jax.random.normal(key, jnp.shape(x1), jnp.result_type(x1, t))
-        return PathSample(self.interpolate(x0, x1, t), self.velocity(x0, x1, t))
+    def velocity(self, x0: Float[Array, "*d"], x1: Float[Array, "*d"], t: Scalar) -> Float[Array, "*d"]:
+        return self.schedule.d_alpha(t) * x1 + (self.schedule.d_sigma(t) / self.schedule.sigma(0.0)) * x0
 
     # Conversions between prediction types (all elementwise; x, u, x1, eps broadcast together).
     def velocity_to_x1(self, u: Array, x: Array, t: Scalar) -> Array:

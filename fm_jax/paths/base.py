@@ -13,8 +13,23 @@ A path is a frozen `equinox.Module`:
 | `vector_field(prediction, z, t) -> dz/dt` | how a model prediction drives the state (identity for first-order paths) |
 | `readout(z) -> x` | the data-space position of a state (identity for first-order paths) |
 
+Capabilities are types, not methods that raise; callers test them with `isinstance`:
+
+| abstract class | method | meaning |
+|---|---|---|
+| `AbstractCouplablePath` | `sample_conditional_given_source(key, z0, x1, t)` | a draw at t from a given source state |
+| `AbstractSourceDensity` | `source_log_prob(z0)` | the log-density of the source law (exact likelihood) |
+
+`z0` is a draw of `sample_source` (a state at t = 0), so a coupling of source draws and data rows (e.g. minibatch
+optimal transport, `fm_jax.couplings`) can be applied before the path is sampled given both ends.
+
+For a couplable path, `sample_conditional(key, x1, t)` has the law of `sample_conditional_given_source(k, z0, x1,
+t)` with `z0` drawn from `sample_source` independently of `x1` (the independent coupling; tested).
+
 Second-order (phase-space) paths carry a pytree state such as `(x, p)`; their model still predicts an array
 shaped like the data, and `vector_field` turns it into the time derivative of the whole state.
+
+Every method is either abstract or final: a subclass implements abstract methods and overrides nothing else.
 """
 
 from __future__ import annotations
@@ -23,11 +38,11 @@ import abc
 from typing import NamedTuple
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 
 from .._checks import check_scalar_time
-from .._typing import Array, Key, PyTree, Scalar, State
+from .._typing import Array, Float, Key, PyTree, Scalar, State
+from .._util import scalar_derivative
 
 
 class PathSample(NamedTuple):
@@ -45,7 +60,7 @@ class AbstractPath(eqx.Module):
         """One draw of the source law at t = 0 for data of shape `shape`."""
 
     @abc.abstractmethod
-    def sample_conditional(self, key: Key, x1: Array, t: Scalar) -> PathSample:
+    def sample_conditional(self, key: Key, x1: Float[Array, "*d"], t: Scalar) -> PathSample:
         """One draw `z_t` of the conditional path given data `x1: (*d)` at scalar `t`, and its target."""
 
     @abc.abstractmethod
@@ -56,12 +71,32 @@ class AbstractPath(eqx.Module):
     def readout(self, z: State) -> Array:
         """The data-space position of a state."""
 
+
+class AbstractCouplablePath(AbstractPath):
+    """A path whose source is a law one can draw from and which can join a given source draw to the data.
+
+    This is what minibatch couplings (`fm_jax.couplings`) need: draw `z0` from `sample_source`, pair source
+    draws with data rows (e.g. by optimal transport), then sample the path given both ends.
+    """
+
+    @abc.abstractmethod
+    def sample_conditional_given_source(
+        self, key: Key, z0: State, x1: Float[Array, "*d"], t: Scalar
+    ) -> PathSample:
+        """One draw `z_t` at scalar `t` of the path from the source state `z0` (a draw of `sample_source`) to
+        the data `x1: (*d)`, and the regression target.
+
+        The target is a pathwise (or conditional-on-both-ends) velocity, so regressing on it under any coupling
+        of (z0, x1) whose first marginal is the source law gives the marginal velocity of the coupled path.
+        """
+
+
+class AbstractSourceDensity(AbstractPath):
+    """A path whose source law has a density (exact likelihood needs it)."""
+
+    @abc.abstractmethod
     def source_log_prob(self, z0: State) -> Scalar:
-        """Log-density of the source law at one state `z0` (only for sources with a density)."""
-        raise NotImplementedError(
-            f"{type(self).__name__} has no source density; exact likelihood needs a path with a Gaussian (or "
-            "otherwise absolutely continuous) source"
-        )
+        """Log-density of the source law at one state `z0`."""
 
 
 class AbstractFirstOrderPath(AbstractPath):
@@ -75,31 +110,40 @@ class AbstractFirstOrderPath(AbstractPath):
         return z
 
 
-class AbstractInterpolantPath(AbstractFirstOrderPath):
-    """A first-order path given by an interpolant `x_t = interpolate(x0, x1, t)` with `x0` from the source.
+class AbstractInterpolantPath(AbstractFirstOrderPath, AbstractCouplablePath):
+    """A first-order path given by an interpolant `x_t = interpolate(x0, x1, t)` with `x0` a source draw.
 
-    The target is `u_t = d/dt interpolate(x0, x1, t)`, computed by `jax.jvp` (forward mode: one extra
-    evaluation); subclasses may override `velocity` with a cheaper closed form, which the tests compare with
-    the jvp.
+    `x0` is exactly what `sample_source` returns (so any coupling of source draws and data applies). The target
+    is `u_t = velocity(x0, x1, t) = d/dt interpolate(x0, x1, t)`: subclasses write it in closed form or return
+    `interpolant_velocity(self, x0, x1, t)` (one forward-mode `jax.jvp`); the tests compare the two.
     """
 
     @abc.abstractmethod
-    def interpolate(self, x0: Array, x1: Array, t: Scalar) -> Array:
+    def interpolate(self, x0: Float[Array, "*d"], x1: Float[Array, "*d"], t: Scalar) -> Float[Array, "*d"]:
         """The interpolant between a source draw `x0: (*d)` and data `x1: (*d)` at scalar `t`."""
 
-    def velocity(self, x0: Array, x1: Array, t: Scalar) -> Array:
-        """The conditional velocity d/dt interpolate(x0, x1, t) (by `jax.jvp` unless overridden)."""
-        return interpolant_velocity(self, x0, x1, t)
+    @abc.abstractmethod
+    def velocity(self, x0: Float[Array, "*d"], x1: Float[Array, "*d"], t: Scalar) -> Float[Array, "*d"]:
+        """The conditional velocity d/dt interpolate(x0, x1, t)."""
 
-    def sample_conditional(self, key: Key, x1: Array, t: Scalar) -> PathSample:
+    def sample_conditional(self, key: Key, x1: Float[Array, "*d"], t: Scalar) -> PathSample:
         t = check_scalar_time(t)
         x0 = self.sample_source(key, jnp.shape(x1))
-        x0 = x0.astype(jnp.result_type(x1, t))
+        return self.sample_conditional_given_source(key, x0, x1, t)
+
+    def sample_conditional_given_source(
+        self, key: Key, z0: Float[Array, "*d"], x1: Float[Array, "*d"], t: Scalar
+    ) -> PathSample:
+        del key  # the interpolant is deterministic given both ends
+        t = check_scalar_time(t)
+        if jnp.shape(z0) != jnp.shape(x1):
+            raise ValueError(f"source draw z0 has shape {jnp.shape(z0)} but x1 has {jnp.shape(x1)}; they must match")
+        x0 = jnp.asarray(z0).astype(jnp.result_type(x1, t))
         return PathSample(self.interpolate(x0, x1, t), self.velocity(x0, x1, t))
 
 
-def interpolant_velocity(path: AbstractInterpolantPath, x0: Array, x1: Array, t: Scalar) -> Array:
+def interpolant_velocity(
+    path: AbstractInterpolantPath, x0: Float[Array, "*d"], x1: Float[Array, "*d"], t: Scalar
+) -> Float[Array, "*d"]:
     """d/dt of `path.interpolate(x0, x1, t)` by one forward-mode `jax.jvp`."""
-    t = jnp.asarray(t)
-    _, dxdt = jax.jvp(lambda s: path.interpolate(x0, x1, s), (t,), (jnp.ones_like(t),))
-    return dxdt
+    return scalar_derivative(lambda s: path.interpolate(x0, x1, s), t)

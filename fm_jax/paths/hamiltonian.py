@@ -36,19 +36,16 @@ import jax.numpy as jnp
 
 from .. import hamiltonian as ham
 from .._checks import check_positive, check_scalar_time, is_concrete
-from .._typing import Array, Key, Scalar
-from .base import AbstractFirstOrderPath, AbstractInterpolantPath, PathSample
-
-
-def _array(x) -> Array:
-    return jnp.asarray(x, dtype=jnp.result_type(float))
+from .._typing import Array, Float, Key, Scalar
+from .._util import as_float_array as _array
+from .base import AbstractFirstOrderPath, AbstractInterpolantPath, AbstractSourceDensity, PathSample
 
 
 def _gaussian_log_prob(z0: Array, std: Scalar) -> Scalar:
     return -0.5 * jnp.sum((z0 / std) ** 2) - z0.size * (jnp.log(std) + 0.5 * math.log(2 * math.pi))
 
 
-class OscillationHGFPath(AbstractInterpolantPath):
+class OscillationHGFPath(AbstractInterpolantPath, AbstractSourceDensity):
     """Oscillation HGF: harmonic force F = -alpha^2 x, independent velocities v0 ~ N(0, sigma_v^2 I).
 
     Paper clock tau = T (1 - t), T = pi / (2 alpha); with z0 = v0 / alpha the source draw,
@@ -64,8 +61,8 @@ class OscillationHGFPath(AbstractInterpolantPath):
     sigma_v: Array = eqx.field(converter=_array, default=1.0)
 
     def __check_init__(self):
-        ham._check_alpha(self.alpha, allow_zero=False)
-        ham._check_sigma_v(self.sigma_v)
+        check_positive(self.alpha, "alpha (the oscillation frequency)")
+        check_positive(self.sigma_v, "sigma_v (the initial velocity scale)")
 
     @property
     def tau_max(self) -> Scalar:
@@ -82,11 +79,11 @@ class OscillationHGFPath(AbstractInterpolantPath):
     def source_log_prob(self, z0: Array) -> Scalar:
         return _gaussian_log_prob(z0, self.sigma_v / self.alpha)
 
-    def interpolate(self, x0: Array, x1: Array, t: Scalar) -> Array:
+    def interpolate(self, x0: Float[Array, "*d"], x1: Float[Array, "*d"], t: Scalar) -> Float[Array, "*d"]:
         x, _ = ham.oscillation_state(x1, self.alpha * x0, self.tau(t), self.alpha)
         return x
 
-    def velocity(self, x0: Array, x1: Array, t: Scalar) -> Array:
+    def velocity(self, x0: Float[Array, "*d"], x1: Float[Array, "*d"], t: Scalar) -> Float[Array, "*d"]:
         _, v = ham.oscillation_state(x1, self.alpha * x0, self.tau(t), self.alpha)
         return -self.tau_max * v
 
@@ -108,7 +105,7 @@ class OscillationHGFPath(AbstractInterpolantPath):
         return -self.tau_max * ham.oscillation_score_to_velocity(score, x, self.tau(t), self.alpha, self.sigma_v)
 
 
-class ZeroForceHGFPath(AbstractInterpolantPath):
+class ZeroForceHGFPath(AbstractInterpolantPath, AbstractSourceDensity):
     """Zero-force HGF with independent velocities: the VE / EDM diffusion path with sigma = tau.
 
     F = 0 and v0 ~ N(0, I) give x_tau = x1 + tau v0 (papers.md §3.4). Clock tau(t) = sigma_min
@@ -143,12 +140,12 @@ class ZeroForceHGFPath(AbstractInterpolantPath):
     def source_log_prob(self, z0: Array) -> Scalar:
         return _gaussian_log_prob(z0, self.sigma_max)
 
-    def interpolate(self, x0: Array, x1: Array, t: Scalar) -> Array:
+    def interpolate(self, x0: Float[Array, "*d"], x1: Float[Array, "*d"], t: Scalar) -> Float[Array, "*d"]:
         v0 = x0 / self.sigma_max
         x, _ = ham.oscillation_state(x1, v0, self.tau(t), 0.0)  # alpha = 0: the zero-force flow x1 + tau v0
         return x
 
-    def velocity(self, x0: Array, x1: Array, t: Scalar) -> Array:
+    def velocity(self, x0: Float[Array, "*d"], x1: Float[Array, "*d"], t: Scalar) -> Float[Array, "*d"]:
         del x1
         return self.d_tau(t) * x0 / self.sigma_max
 
@@ -169,7 +166,7 @@ class ZeroForceHGFPath(AbstractInterpolantPath):
         return self.d_tau(t) * ham.zero_force_score_to_velocity(score, x, self.tau(t))
 
 
-class CoupledZeroForceHGFPath(AbstractInterpolantPath):
+class CoupledZeroForceHGFPath(AbstractInterpolantPath, AbstractSourceDensity):
     """Zero-force HGF with coupled velocities v0 = eps - x1, eps ~ N(0, sigma_v^2 I): Cond-OT flow matching.
 
     Paper clock tau = 1 - t: x_tau = x1 + tau v0 = t x1 + (1 - t) eps; target u = -v0 = x1 - eps (papers.md §3.4).
@@ -179,7 +176,7 @@ class CoupledZeroForceHGFPath(AbstractInterpolantPath):
     sigma_v: Array = eqx.field(converter=_array, default=1.0)
 
     def __check_init__(self):
-        ham._check_sigma_v(self.sigma_v)
+        check_positive(self.sigma_v, "sigma_v (the initial velocity scale)")
 
     def sample_source(self, key: Key, shape: tuple[int, ...]) -> Array:
         return self.sigma_v * jax.random.normal(key, shape)
@@ -187,11 +184,11 @@ class CoupledZeroForceHGFPath(AbstractInterpolantPath):
     def source_log_prob(self, z0: Array) -> Scalar:
         return _gaussian_log_prob(z0, self.sigma_v)
 
-    def interpolate(self, x0: Array, x1: Array, t: Scalar) -> Array:
+    def interpolate(self, x0: Float[Array, "*d"], x1: Float[Array, "*d"], t: Scalar) -> Float[Array, "*d"]:
         x, _ = ham.oscillation_state(x1, x0 - x1, 1.0 - t, 0.0)
         return x
 
-    def velocity(self, x0: Array, x1: Array, t: Scalar) -> Array:
+    def velocity(self, x0: Float[Array, "*d"], x1: Float[Array, "*d"], t: Scalar) -> Float[Array, "*d"]:
         del t
         return x1 - x0
 
@@ -234,7 +231,7 @@ class ApplyForce(eqx.Module):
         return self.apply(self.params, x[None], jnp.asarray(tau, x.dtype)[None])[0]
 
 
-class ForceFieldHGFPath(AbstractFirstOrderPath):
+class ForceFieldHGFPath(AbstractFirstOrderPath, AbstractSourceDensity):
     """HGF for a general force field F(x, tau), integrated by velocity Verlet with `n_steps` steps.
 
     Draws v0 ~ N(0, sigma_v^2 I), integrates the PH-ODE from (x1, v0) over [0, tau], tau = T (1 - t), and returns
@@ -258,7 +255,7 @@ class ForceFieldHGFPath(AbstractFirstOrderPath):
 
     def __check_init__(self):
         check_positive(self.tau_max, "ForceFieldHGFPath tau_max")
-        ham._check_sigma_v(self.sigma_v)
+        check_positive(self.sigma_v, "sigma_v (the initial velocity scale)")
         check_positive(self.source_std, "ForceFieldHGFPath source_std")
         if self.n_steps < 1:
             raise ValueError(f"ForceFieldHGFPath n_steps must be >= 1, got {self.n_steps}")
@@ -279,7 +276,7 @@ class ForceFieldHGFPath(AbstractFirstOrderPath):
     def source_log_prob(self, z0: Array) -> Scalar:
         return _gaussian_log_prob(z0, self.source_std)
 
-    def sample_conditional(self, key: Key, x1: Array, t: Scalar) -> PathSample:
+    def sample_conditional(self, key: Key, x1: Float[Array, "*d"], t: Scalar) -> PathSample:
         t = check_scalar_time(t)
         v0 = self.sigma_v * jax.random.normal(key, jnp.shape(x1), jnp.result_type(x1, t))
         x1 = x1.astype(v0.dtype)
@@ -287,7 +284,7 @@ class ForceFieldHGFPath(AbstractFirstOrderPath):
         return PathSample(x, dxdt)
 
 
-class ReflectingBoxHGFPath(AbstractFirstOrderPath):
+class ReflectingBoxHGFPath(AbstractFirstOrderPath, AbstractSourceDensity):
     """Reflection HGF: free flight x1 + tau v0 in the box [-L, L]^d with elastic walls (an infinite wall force).
 
     Closed form per coordinate by unfolding: y = x1 + tau v0 + L taken modulo 4L gives x = y - L, v = v0 on
@@ -305,7 +302,7 @@ class ReflectingBoxHGFPath(AbstractFirstOrderPath):
 
     def __check_init__(self):
         check_positive(self.half_width, "ReflectingBoxHGFPath half_width")
-        ham._check_sigma_v(self.sigma_v)
+        check_positive(self.sigma_v, "sigma_v (the initial velocity scale)")
         check_positive(self.tau_max, "ReflectingBoxHGFPath tau_max")
 
     def tau(self, t: Scalar) -> Scalar:
@@ -326,7 +323,7 @@ class ReflectingBoxHGFPath(AbstractFirstOrderPath):
         inside = jnp.all(jnp.abs(z0) <= self.half_width)
         return jnp.where(inside, -z0.size * jnp.log(2.0 * self.half_width), -jnp.inf)
 
-    def sample_conditional(self, key: Key, x1: Array, t: Scalar) -> PathSample:
+    def sample_conditional(self, key: Key, x1: Float[Array, "*d"], t: Scalar) -> PathSample:
         t = check_scalar_time(t)
         v0 = self.sigma_v * jax.random.normal(key, jnp.shape(x1), jnp.result_type(x1, t))
         x, v = self.state(x1.astype(v0.dtype), v0, self.tau(t))

@@ -51,12 +51,10 @@ import jax.numpy as jnp
 
 from .. import relativistic as rel
 from .._checks import check_positive, check_scalar_time, is_concrete
-from .._typing import Array, Key, Scalar
-from .base import AbstractPath, PathSample
-
-
-def _array(x) -> Array:
-    return jnp.asarray(x, dtype=jnp.result_type(float))
+from .._typing import Array, Float, Key, Scalar
+from .._util import as_float_array as _array
+from .._util import scalar_jvp as _time_derivative
+from .base import AbstractCouplablePath, PathSample
 
 
 class PhaseState(NamedTuple):
@@ -71,12 +69,7 @@ def _trajectory_position(x0: Array, v0: Array, x1: Array, t: Scalar) -> Array:
     return x0 + t * v0 + t**2 * (x1 - x0 - v0)
 
 
-def _time_derivative(f, t):
-    t = jnp.asarray(t)
-    return jax.jvp(f, (t,), (jnp.ones_like(t),))
-
-
-class AbstractPhaseSpacePath(AbstractPath):
+class AbstractPhaseSpacePath(AbstractCouplablePath):
     """Common source and conditional trajectory of the two second-order paths (see the module docstring)."""
 
     sigma_x: eqx.AbstractVar[Array]
@@ -120,10 +113,21 @@ class AbstractPhaseSpacePath(AbstractPath):
         p_t, target = _time_derivative(momentum, t)
         return PhaseState(x_t, p_t), target
 
-    def sample_conditional(self, key: Key, x1: Array, t: Scalar) -> PathSample:
+    def sample_conditional(self, key: Key, x1: Float[Array, "*d"], t: Scalar) -> PathSample:
         t = check_scalar_time(t)
+        return self.sample_conditional_given_source(key, self.sample_source(key, jnp.shape(x1)), x1, t)
+
+    def sample_conditional_given_source(
+        self, key: Key, z0: PhaseState, x1: Float[Array, "*d"], t: Scalar
+    ) -> PathSample:
+        del key  # the trajectory is deterministic given the source state (x0, p0) and x1
+        t = check_scalar_time(t)
+        if jnp.shape(z0.x) != jnp.shape(x1) or jnp.shape(z0.p) != jnp.shape(x1):
+            raise ValueError(
+                f"source state has shapes ({jnp.shape(z0.x)}, {jnp.shape(z0.p)}) but x1 has {jnp.shape(x1)}; "
+                "both must match x1"
+            )
         dtype = jnp.result_type(x1, t)
-        z0 = self.sample_source(key, jnp.shape(x1))
         z0 = PhaseState(z0.x.astype(dtype), z0.p.astype(dtype))
         z_t, target = self.conditional_state(z0, x1.astype(dtype), t.astype(dtype))
         return PathSample(z_t, target)
