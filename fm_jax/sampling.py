@@ -260,7 +260,8 @@ def _sample_from(path, apply, params, z0, cond, guidance_scale, null_cond, *, so
     # parameters or hyper-parameter values reuse the compiled solve.
     z1, nfe, traj, ts_out = _integrate(
         model_vector_field(path, apply, params, cond, guidance_scale, null_cond), z0, solver=solver,
-        num_steps=num_steps, rtol=rtol, atol=atol, t0=t0, t1=t1, ts=ts, save_trajectory=save_trajectory, max_steps=16_384,
+        num_steps=num_steps, rtol=rtol, atol=atol, t0=t0, t1=t1, ts=ts, save_trajectory=save_trajectory,
+        max_steps=16_384,
     )
     return SampleResult(path.readout(z1), z1, nfe, traj, ts_out)
 
