@@ -142,7 +142,8 @@ def test_sigterm_triggers_a_final_save(tmp_path):
 CONFIG = {"model": {"width": 32, "depth": 2}, "optimizer": {"learning_rate": 1e-2, "betas": (0.9, 0.999)}}
 
 
-def _apply(params, z, t):
+def _apply(params, z, t, cond=None, *, key=None):
+    del cond, key  # the model interface: no conditioning, no stochastic layers
     h = jnp.tanh(jnp.concatenate([z, jnp.broadcast_to(t, z.shape[:1])[:, None]], -1) @ params["w1"] + params["b"])
     return h @ params["w2"]
 

@@ -134,8 +134,9 @@ def test_two_processes_train_in_lockstep_with_one_process(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _tiny_apply(params, z, t):
-    """u(z, t) = W2 tanh(W1 [z, t] + b1) + b2: cheap to compile, output O(1)."""
+def _tiny_apply(params, z, t, cond=None, *, key=None):
+    """u(z, t) = W2 tanh(W1 [z, t] + b1) + b2: cheap to compile, output O(1) (no conditioning, no dropout)."""
+    del cond, key
     t = jnp.broadcast_to(jnp.asarray(t), (z.shape[0],)).astype(z.dtype)
     h = jnp.tanh(jnp.concatenate([z, t[:, None]], axis=-1) @ params["w1"] + params["b1"])
     return h @ params["w2"] + params["b2"]
@@ -186,7 +187,7 @@ def test_mixed_precision_computes_in_bf16_and_keeps_f32_parameters():
     path, _, params, x1 = _problem()
     seen = {}
 
-    def spy(p, z, t):
+    def spy(p, z, t, cond=None, *, key=None):
         seen["params"] = {x.dtype for x in jax.tree_util.tree_leaves(p)}
         seen["z"], seen["t"] = z.dtype, t.dtype
         return _tiny_apply(p, z, t)
