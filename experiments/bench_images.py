@@ -312,7 +312,8 @@ def load_jax_params(net, params) -> None:
                 value = flat[f"{stem}.scale"]
             else:
                 value = flat[f"{stem}.kernel"]
-                value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T  # HWIO → OIHW; (in, out) → (out, in)
+                # HWIO → OIHW; (in, out) → (out, in)
+                value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
             if tuple(value.shape) != tuple(p.shape):
                 raise ValueError(f"{name}: shape {value.shape} from JAX, {tuple(p.shape)} in PyTorch")
             p.copy_(torch.from_numpy(np.array(value, np.float32)))
