@@ -10,7 +10,11 @@ Measures, in one process and one run:
 - sampling 10,000 points with 100 Euler steps;
 - the same model, batch, optimiser and sampler in a plain PyTorch loop when PyTorch is importable (ratios);
 - extra sections registered in `EXTRA_BENCHMARKS` (e.g. Kac velocity throughput).
-Timings are medians of repeated runs after warm-up; the machine is noisy, so compare ratios from one run.
+- the U-Net image benchmark (`experiments.bench_images`: MNIST U-Net train step and sampling vs its PyTorch
+  twin, MFU, the 8-convolution stack) under the key "images".
+The JAX toy step, its PyTorch twin (`TORCH_THREADS` threads) and the matmul are timed in turn within each round
+(the machine may be shared); figures are medians over rounds, with the 1-minute load average recorded beside them.
+Compare ratios from one run.
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ from fm_jax import paths as P
 WIDTH, DEPTH, BATCH, TIME_FEATURES = 256, 3, 256, 64
 SAMPLE_POINTS, SAMPLE_STEPS = 10_000, 100
 # Modules with a `run(quick: bool) -> dict` function, added to the JSON under their key when importable.
-EXTRA_BENCHMARKS = {"kac": "experiments.bench_kac"}
+EXTRA_BENCHMARKS = {"kac": "experiments.bench_kac", "images": "experiments.bench_images"}
+TORCH_THREADS = 2  # PyTorch intra-op threads (this machine has 2 cores; XLA:CPU uses them all)
+ROUNDS = 5
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -59,6 +65,21 @@ def matmul_rate(n: int = 2048, repeats: int = 10) -> dict:
     return {"n": n, "seconds": sec, "gflops": 2 * n**3 / sec / 1e9}
 
 
+def _matmul_runner(n: int):
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    mm = jax.jit(jnp.matmul)
+    mm(a, a).block_until_ready()
+
+    def rate() -> float:
+        start = time.perf_counter()
+        for _ in range(3):
+            out = mm(a, a)
+        out.block_until_ready()
+        return 3 * 2 * n**3 / (time.perf_counter() - start) / 1e9
+
+    return rate
+
+
 def _flops(compiled) -> float | None:
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
@@ -66,7 +87,9 @@ def _flops(compiled) -> float | None:
     return float(cost["flops"]) if cost and "flops" in cost else None
 
 
-def jax_train(quick: bool) -> dict:
+def jax_train(quick: bool) -> tuple[dict, dict]:
+    """(compile time and FLOPs, {name: runner returning steps/s}) of the toy train step, one dispatch per step and
+    100 steps per `lax.scan` call."""
     path = P.AffinePath(P.CondOT())
     model = fj.models.MLP(2, 2, hidden=WIDTH, depth=DEPTH, time_features=TIME_FEATURES, rngs=nnx.Rngs(0))
     apply, params = fj.models.as_apply(model)
@@ -84,40 +107,34 @@ def jax_train(quick: bool) -> dict:
     compile_seconds = time.perf_counter() - start
     flops = _flops(compiled)
 
-    n = 200 if quick else 1000
+    n = 200 if quick else 500
     state, m = compiled(state, batch, path)
     m["loss"].block_until_ready()
 
     def run_single():
         nonlocal state
+        start = time.perf_counter()
         for _ in range(n):
             state, m = compiled(state, batch, path)
         m["loss"].block_until_ready()
-
-    single = n / _median_time(run_single, 3)
+        return n / (time.perf_counter() - start)
 
     k = 100
     batches = fj.data.toy.half_moons(jax.random.key(2), k * BATCH).reshape(k, BATCH, 2)
     scan = fj.training.make_scan_train_step(loss_fn, opt)
     state, m = scan(state, batches, path)
     m["loss"].block_until_ready()
-    calls = 2 if quick else 10
+    calls = 2 if quick else 5
 
     def run_scan():
         nonlocal state
+        start = time.perf_counter()
         for _ in range(calls):
             state, m = scan(state, batches, path)
         m["loss"].block_until_ready()
+        return calls * k / (time.perf_counter() - start)
 
-    scanned = calls * k / _median_time(run_scan, 3)
-    return {
-        "compile_seconds": compile_seconds,
-        "flops_per_step": flops,
-        "steps_per_second": single,
-        "examples_per_second": single * BATCH,
-        "scan100_steps_per_second": scanned,
-        "scan100_examples_per_second": scanned * BATCH,
-    }
+    return {"compile_seconds": compile_seconds, "flops_per_step": flops}, {"jax": run_single, "jax_scan": run_scan}
 
 
 def jax_sampling(quick: bool) -> dict:
@@ -135,7 +152,8 @@ def jax_sampling(quick: bool) -> dict:
 
 
 def torch_reference(quick: bool) -> dict | None:
-    """The same MLP, batch, Adam and Cond-OT loss as a plain PyTorch loop (CPU, default threads)."""
+    """The same MLP, batch, Adam and Cond-OT loss as a plain PyTorch loop (CPU, `TORCH_THREADS` threads); its
+    "runner" returns steps/s."""
     try:
         import torch
     except ImportError:
@@ -157,6 +175,7 @@ def torch_reference(quick: bool) -> dict | None:
                 h = torch.nn.functional.silu(layer(h))
             return self.out(h)
 
+    torch.set_num_threads(TORCH_THREADS)
     torch.manual_seed(0)
     net = Net()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -174,14 +193,14 @@ def torch_reference(quick: bool) -> dict | None:
 
     for _ in range(20):
         one_step()
-    n = 200 if quick else 1000
+    n = 200 if quick else 500
 
     def run_train():
+        start = time.perf_counter()
         for _ in range(n):
             loss = one_step()
         loss.item()
-
-    steps = n / _median_time(run_train, 3)
+        return n / (time.perf_counter() - start)
 
     def run_sample():
         with torch.no_grad():
@@ -193,8 +212,8 @@ def torch_reference(quick: bool) -> dict | None:
 
     run_sample()
     sample_sec = _median_time(run_sample, 3 if quick else 7)
-    return {"version": torch.__version__, "threads": torch.get_num_threads(), "steps_per_second": steps,
-            "sampling_seconds": sample_sec}
+    return {"version": torch.__version__, "threads": torch.get_num_threads(), "sampling_seconds": sample_sec,
+            "runner": run_train}
 
 
 def main(config, workdir: str):
@@ -204,12 +223,30 @@ def main(config, workdir: str):
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]},
     }
+    report["load_start"] = [round(x, 2) for x in os.getloadavg()]
     report["matmul_f32"] = matmul_rate(1024 if args.quick else 2048)
-    report["train_step"] = jax_train(args.quick)
     report["sampling"] = jax_sampling(args.quick)
+    tr, runners = jax_train(args.quick)
     torch_ref = torch_reference(args.quick)
-    report["pytorch"] = torch_ref
-    tr, peak = report["train_step"], report["matmul_f32"]["gflops"]
+    if torch_ref:
+        runners["torch"] = torch_ref.pop("runner")
+    mm = _matmul_runner(1024 if args.quick else 2048)
+    rates, loads = {k: [] for k in [*runners, "matmul"]}, []
+    for _ in range(2 if args.quick else ROUNDS):  # interleaved: every round times each in turn
+        for k, fn in runners.items():
+            rates[k].append(fn())
+        rates["matmul"].append(mm())
+        loads.append(round(os.getloadavg()[0], 2))
+    tr["steps_per_second"] = statistics.median(rates["jax"])
+    tr["examples_per_second"] = tr["steps_per_second"] * BATCH
+    tr["scan100_steps_per_second"] = statistics.median(rates["jax_scan"])
+    tr["scan100_examples_per_second"] = tr["scan100_steps_per_second"] * BATCH
+    tr["load_1min_during"] = loads
+    report["matmul_f32"]["gflops_same_rounds"] = statistics.median(rates["matmul"])
+    if torch_ref:
+        torch_ref["steps_per_second"] = statistics.median(rates["torch"])
+    report["train_step"], report["pytorch"] = tr, torch_ref
+    peak = report["matmul_f32"]["gflops_same_rounds"]
     if tr["flops_per_step"]:
         for key in ("steps_per_second", "scan100_steps_per_second"):
             achieved = tr["flops_per_step"] * tr[key] / 1e9
@@ -232,6 +269,10 @@ def main(config, workdir: str):
     with open(args.out, "w") as f:
         json.dump(report, f, indent=2)
     print(json.dumps({k: report[k] for k in ("matmul_f32", "train_step", "sampling", "ratios")}, indent=2))
+    if report.get("images"):
+        from experiments.bench_images import summary
+
+        print(summary(report["images"]))
     print(f"written to {args.out}")
 
 
