@@ -15,7 +15,7 @@ accelerator, or on CPU when `--config.cifar.cpu_batch` > 0):
 - on CPU: XLA compiler-option variants of the MNIST step, and a stack of eight 3×3 convolutions (the U-Net's
   main operation) in both frameworks, the best rate XLA:CPU reaches on convolutions.
 JAX, PyTorch and the matmul are timed in turn within every round (the machine may be shared); figures are medians
-over rounds, and the load average is recorded beside them. JSON goes to `config.out`.
+over rounds, and the load average is recorded beside them. JSON goes to `<workdir>/bench_images.json`.
 `run(quick=...)` is the entry `experiments.bench` (`make bench`) calls to add these figures to its report.
 """
 
@@ -578,23 +578,18 @@ def summary(report: dict) -> str:
     return "\n".join(rows)
 
 
-def main(argv):
-    del argv
-    from absl import flags
-
-    config = flags.FLAGS.config
+def main(config, workdir: str):
     report = run(config)
-    os.makedirs(os.path.dirname(config.out) or ".", exist_ok=True)
-    with open(config.out, "w") as f:
+    out = os.path.join(workdir, "bench_images.json")
+    os.makedirs(workdir, exist_ok=True)
+    with open(out, "w") as f:
         json.dump(report, f, indent=2)
     print(json.dumps(report, indent=2))
     print(summary(report))
-    print(f"written to {config.out}")
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":
-    from absl import app
-    from ml_collections import config_flags
+    from experiments import common
 
-    config_flags.DEFINE_config_file("config", "experiments/configs/bench_images.py", "Benchmark configuration.")
-    app.run(main)
+    common.run(main, "experiments/configs/bench_images.py", "results")

@@ -37,8 +37,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app
-from ml_collections import config_flags
 
 from fm_jax import relativistic as rel
 from fm_jax.data import relativistic_sims as sims
@@ -274,14 +272,16 @@ def _fmt(values):
     return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if v.size > 1 else f"{v[0]:.3f}"
 
 
-def _append_row(cfg, row):
+def _append_row(out, row):
     """Rows are also appended to `<out>/form_fair_rows.jsonl` as they finish (a long run keeps what it did)."""
-    os.makedirs(cfg.out, exist_ok=True)
-    with open(os.path.join(cfg.out, "form_fair_rows.jsonl"), "a") as f:
+    if out is None:
+        return
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "form_fair_rows.jsonl"), "a") as f:
         f.write(json.dumps(row) + "\n")
 
 
-def run(cfg):
+def run(cfg, out: str | None = None):
     """Every (dataset, setting, method) over cfg.seeds seeds; returns rows (dicts) and writes the table."""
     if cfg.seeds < 2:
         raise ValueError(f"seeds must be >= 2 to report a spread, got {cfg.seeds}")
@@ -301,7 +301,7 @@ def run(cfg):
             for label, key in ref_rows:
                 rows.append({"dataset": dataset, "setting": setting, "method": label, "params": "-",
                              "l2": _fmt(refs[key]), "per_seed": np.asarray(refs[key]).tolist()})
-                _append_row(cfg, rows[-1])
+                _append_row(out, rows[-1])
             for method in cfg.methods.split(","):
                 start = time.perf_counter()
                 fn = functools.partial(run_seed, dataset=dataset, method=method, with_v0=with_v0, cfg_items=items)
@@ -310,7 +310,7 @@ def run(cfg):
                 rows.append({"dataset": dataset, "setting": setting, "method": NAMES[method],
                              "params": n_params(init(jax.random.key(0))), "l2": _fmt(l2),
                              "per_seed": np.asarray(l2).tolist(), "final_loss": float(np.mean(final))})
-                _append_row(cfg, rows[-1])
+                _append_row(out, rows[-1])
                 print(f"{dataset:>7s} {setting:>10s} {method:>6s}: {_fmt(l2)} c dt "
                       f"(final loss {float(np.mean(final)):.3g}; {time.perf_counter() - start:.1f} s)", flush=True)
     return rows
@@ -336,17 +336,12 @@ def markdown(rows, cfg):
     return "\n".join(lines) + "\n"
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/form_fair.py", "form_fair settings")
-
-
-def main(argv):
-    del argv
-    cfg = _CONFIG.value
-    os.makedirs(cfg.out, exist_ok=True)
+def main(cfg, workdir: str):
+    os.makedirs(workdir, exist_ok=True)
     start = time.perf_counter()
-    rows = run(cfg)
+    rows = run(cfg, workdir)
     md = markdown(rows, cfg)
-    path = os.path.join(cfg.out, "form_fair.md")
+    path = os.path.join(workdir, "form_fair.md")
     with open(path, "w") as f:
         f.write(md)
     print(md)
@@ -354,4 +349,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from experiments import common
+
+    common.run(main, "experiments/configs/form_fair.py", "results/form_fair")

@@ -27,9 +27,7 @@ import time
 import jax
 import jax.numpy as jnp
 import optax
-from absl import app
 from flax import nnx
-from ml_collections import config_flags
 
 from fm_jax import hsm
 from fm_jax.models import MLP, as_apply
@@ -190,23 +188,20 @@ def markdown(rows, variants, cfg):
     return "\n".join(lines) + "\n"
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/hsm_small_sigma.py", "settings")
-
-
-def main(argv):
-    del argv
-    cfg = _CONFIG.value
-    os.makedirs(cfg.out, exist_ok=True)
+def main(cfg, workdir: str):
+    os.makedirs(workdir, exist_ok=True)
     start = time.perf_counter()
     rows, variants = run(cfg)
     md = markdown(rows, variants, cfg)
-    with open(os.path.join(cfg.out, "hsm_small_sigma.md"), "w") as f:
+    with open(os.path.join(workdir, "hsm_small_sigma.md"), "w") as f:
         f.write(md)
-    with open(os.path.join(cfg.out, "hsm_small_sigma.json"), "w") as f:
+    with open(os.path.join(workdir, "hsm_small_sigma.json"), "w") as f:
         json.dump(rows, f, indent=1)
     print(md)
-    print(f"wrote {cfg.out}/hsm_small_sigma.md in {time.perf_counter() - start:.0f} s")
+    print(f"wrote {workdir}/hsm_small_sigma.md in {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from experiments import common
+
+    common.run(main, "experiments/configs/hsm_small_sigma.py", "results/hsm_small_sigma")

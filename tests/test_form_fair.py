@@ -75,15 +75,15 @@ def test_observation_noise_has_the_requested_scale():
 
 
 @pytest.mark.slow
-def test_form_fair_runs_both_settings():
+def test_form_fair_runs_both_settings(tmp_path):
     """Smoke run of the experiment (tiny sizes; slow: it compiles two training loops)."""
     from experiments import form_fair
     from experiments.configs import form_fair as config
 
     cfg = config.get_config()
-    cfg.update(dict(out="/tmp/form_fair_test", seeds=2, datasets="moons", methods="form", n_train=16, n_test=16,
+    cfg.update(dict(seeds=2, datasets="moons", methods="form", n_train=16, n_test=16,
                     iters=3, substeps=2, hidden=8))
-    rows = form_fair.run(cfg)
+    rows = form_fair.run(cfg, str(tmp_path))
     assert [r["setting"] for r in rows if r["params"] != "-"] == ["with_v0", "without_v0"]
     assert all(len(r["per_seed"]) == 2 and np.all(np.isfinite(r["per_seed"])) for r in rows)
     assert "Setting without v0" in form_fair.markdown(rows, cfg)

@@ -9,7 +9,6 @@ import ml_collections
 
 def get_config():
     c = ml_collections.ConfigDict()
-    c.out = "results/bench_images.json"
     c.quick = False  # fewer repetitions (smoke test)
     c.seed = 0
     c.rounds = 5  # interleaved rounds (JAX, PyTorch, matmul in turn); figures are medians over rounds

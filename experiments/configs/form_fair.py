@@ -8,7 +8,6 @@ import ml_collections
 
 def get_config():
     c = ml_collections.ConfigDict()
-    c.out = "results/form_fair"
     c.seeds = 3
     c.seed = 2026  # base PRNG seed; seed i uses fold_in(key(seed), i)
     c.datasets = "moons,spiral"  # initial-state families of `fm_jax.data.relativistic_sims.field_initial`

@@ -8,7 +8,6 @@ import ml_collections
 
 def get_config():
     c = ml_collections.ConfigDict()
-    c.out = "results/hsm_small_sigma"
     c.sigmas = "0.01,0.03,0.1,0.3,1.0"  # noise level = HSM horizon T (positions spread ~ T sigma_v)
     c.snr_samples = 4096  # per-example gradients for SNR / cosine, and points for the predictor error
     c.hsm_steps = 4  # velocity-Verlet steps of the PH-ODE
