@@ -153,9 +153,14 @@ CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "co
                       if not os.path.basename(p).startswith(("_", "toy_paths", "image_base")))
 
 
+# Mappings handed over whole (keyword arguments of a factory, XLA compiler options per benchmark variant): the
+# mapping is read, its keys are the callee's.
+WHOLE_MAPPINGS = ("kwargs", "xla_variants")
+
+
 def _leaves(config, prefix=""):
     for key, value in config.items():
-        if hasattr(value, "items") and key != "kwargs":
+        if hasattr(value, "items") and key not in WHOLE_MAPPINGS:
             yield from _leaves(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}"
