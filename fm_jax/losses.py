@@ -15,6 +15,7 @@ A batch is either a plain array x1 (B, *d) or a `Batch(x1, cond, index)`:
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -181,10 +182,20 @@ def flow_matching_loss(
         sample = jax.vmap(path.sample_conditional_given_source)(path_keys, z0, x1, t)
     target = jax.lax.stop_gradient(sample.target)
     # Training mode: stochastic layers (dropout) draw fresh masks from this step's key.
-    if cond is None:
-        prediction = apply(params, sample.z_t, t, key=k_model)
-    else:
-        prediction = apply(params, sample.z_t, t, cond, key=k_model)
+    try:
+        if cond is None:
+            prediction = apply(params, sample.z_t, t, key=k_model)
+        else:
+            prediction = apply(params, sample.z_t, t, cond, key=k_model)
+    except (TypeError, ValueError) as err:
+        # Shapes are static: a model built for another state size fails here, at trace time, deep inside Flax.
+        shapes = jax.tree_util.tree_map(lambda leaf: tuple(leaf.shape[1:]), sample.z_t)
+        size = sum(math.prod(leaf.shape[1:]) for leaf in jax.tree_util.tree_leaves(sample.z_t))
+        raise ValueError(
+            f"the model could not take the state of {type(path).__name__}: one example's state is {shapes} "
+            f"({size} values); build the model for that input (e.g. fm_jax.models.MLP({size}, ...)). "
+            f"The model said: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        ) from None
     check_same_shape(prediction, target, "model prediction", "path target")
     err = _squared_error(prediction, target)
     if weighting is not None:

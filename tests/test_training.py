@@ -117,3 +117,10 @@ def test_optimizer_schedule_warms_up_and_decays():
         lrs.append(-float(upd["w"]))
     assert lrs[0] < lrs[9] and lrs[-1] < 0.05 * max(lrs)
     assert isinstance(fj.make_optimizer(1e-3, weight_decay=0.1), optax.GradientTransformation)
+
+
+def test_model_of_the_wrong_state_size_is_one_clear_error():
+    """A model built for 2-D data on ForM's phase-space state (x, p) fails with one line naming the fix."""
+    apply, params = fj.models.as_apply(fj.models.MLP(2, 2, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match=r"state of ForcePath.*4 values.*MLP\(4, \.\.\.\)"):
+        fj.flow_matching_loss(params, jax.random.key(0), jnp.ones((8, 2)), P.ForcePath(), apply=apply)
