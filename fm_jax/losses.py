@@ -144,6 +144,8 @@ def flow_matching_loss(
     """
     x1, cond, index = _as_batch(batch)
     n = x1.shape[0]
+    if n < 1:
+        raise ValueError(f"the batch is empty (x1 has shape {x1.shape}): batch_size must be at least 1")
     independent = isinstance(coupling, IndependentCoupling)
     if cond_dropout is not None and cond is None:
         raise ValueError("cond_dropout needs a conditioned batch: pass Batch(x1, cond=labels)")

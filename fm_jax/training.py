@@ -206,6 +206,8 @@ def make_train_loop(
     `batch_fn(key) -> batch` generates data on device (the toy generators of `fm_jax.data.toy` do), keyed by
     `fold_in(fold_in(state.key, step), 1)` so data and loss randomness never share a key.
     """
+    if not isinstance(steps_per_call, int) or steps_per_call < 1:
+        raise ValueError(f"steps_per_call must be a positive integer, got {steps_per_call!r}")
 
     def loop(state, path):
         def body(s, _):

@@ -124,3 +124,12 @@ def test_model_of_the_wrong_state_size_is_one_clear_error():
     apply, params = fj.models.as_apply(fj.models.MLP(2, 2, rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match=r"state of ForcePath.*4 values.*MLP\(4, \.\.\.\)"):
         fj.flow_matching_loss(params, jax.random.key(0), jnp.ones((8, 2)), P.ForcePath(), apply=apply)
+
+
+def test_empty_batch_and_zero_steps_per_call_are_clear_errors():
+    apply, params = fj.models.as_apply(fj.models.MLP(2, 2, hidden=8, depth=1, time_features=4, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="batch is empty"):
+        fj.flow_matching_loss(params, jax.random.key(0), jnp.ones((0, 2)), P.AffinePath(P.CondOT()), apply=apply)
+    loss_fn = functools.partial(fj.flow_matching_loss, apply=apply)
+    with pytest.raises(ValueError, match="steps_per_call must be a positive integer"):
+        fj.training.make_train_loop(loss_fn, fj.make_optimizer(1e-3), lambda k: jnp.ones((4, 2)), steps_per_call=0)
