@@ -27,33 +27,10 @@ import time
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 
+# The mixture, data and networks of experiments/hsm_gmm.py: the same setting, measured further.
+from experiments.hsm_gmm import make_net, sample_data, score
 from fm_jax import hsm
-from fm_jax.models import MLP, as_apply
-
-# The mixture of experiments/hsm_gmm.py: four isotropic components, unequal weights.
-MEANS = jnp.array([[-1.5, 0.0], [1.5, 0.5], [0.0, -1.5], [0.3, 1.6]])
-STD = 0.45
-WEIGHTS = jnp.array([0.3, 0.3, 0.2, 0.2])
-
-
-def log_density(x):
-    logp = -0.5 * jnp.sum((x - MEANS) ** 2, -1) / STD**2
-    return jax.scipy.special.logsumexp(logp, b=WEIGHTS)
-
-
-score = jax.grad(log_density)
-
-
-def sample_data(key, n):
-    kc, kn = jax.random.split(key)
-    comp = jax.random.choice(kc, MEANS.shape[0], (n,), p=WEIGHTS)
-    return MEANS[comp] + STD * jax.random.normal(kn, (n, 2))
-
-
-def make_net(seed, hidden, depth):
-    return as_apply(MLP(2, 2, hidden=hidden, depth=depth, time_features=16, rngs=nnx.Rngs(seed)))
 
 
 def snr_and_cosine(grads, reference):
