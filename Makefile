@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 
 env: $(STAMP)
 
+# Two workers: much of a test's time is single-threaded tracing and compiling, so the two cores overlap it.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n 2
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q

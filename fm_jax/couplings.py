@@ -35,19 +35,38 @@ def squared_distances(x0: Float[Array, "B D"], x1: Float[Array, "B D"]) -> Float
     return jnp.maximum(sq0[:, None] + sq1[None, :] - 2.0 * x0 @ x1.T, 0.0)
 
 
+def _within_groups(cost: Float[Array, "B B"], groups: Int[Array, " B"] | None) -> Float[Array, "B B"]:
+    """The cost with every pairing across groups made prohibitive (class-conditional OT).
+
+    Source draws are iid, so source i takes the group of data row i: each group gets exactly as many source draws
+    as it has data rows. A cross-group pair costs more than all within-group pairs together, so the optimal
+    assignment is block-diagonal, and an entropic plan puts mass e^(-penalty/ε) ≈ 0 across groups.
+    """
+    if groups is None:
+        return cost
+    penalty = cost.shape[0] * (jnp.max(cost) + 1.0)
+    return jnp.where(groups[:, None] == groups[None, :], cost, cost + penalty)
+
+
 class AbstractCoupling(eqx.Module):
     """A rule pairing a batch of source draws with a batch of data rows."""
 
     @abc.abstractmethod
-    def source_indices(self, key: Key, x0: Float[Array, "B D"], x1: Float[Array, "B D"]) -> Int[Array, " B"]:
-        """For each data row j the index i_j of its source draw; x0, x1 flattened positions (B, D)."""
+    def source_indices(
+        self, key: Key, x0: Float[Array, "B D"], x1: Float[Array, "B D"], groups: Int[Array, " B"] | None = None
+    ) -> Int[Array, " B"]:
+        """For each data row j the index i_j of its source draw; x0, x1 flattened positions (B, D).
+
+        `groups` (B,): the data rows' class labels; pairs are then formed within each class only (class-conditional
+        coupling), so each class's source law stays the source law the sampler draws from.
+        """
 
 
 class IndependentCoupling(AbstractCoupling):
     """Independent pairing (the default): source draw j goes with data row j."""
 
-    def source_indices(self, key, x0, x1):
-        del key, x1
+    def source_indices(self, key, x0, x1, groups=None):
+        del key, x1, groups
         return jnp.arange(x0.shape[0])
 
 
@@ -68,9 +87,9 @@ class ExactOTCoupling(AbstractCoupling):
     are solved one after another). Cost O(B^3) in the worst case: batches up to a few thousand rows.
     """
 
-    def source_indices(self, key, x0, x1):
+    def source_indices(self, key, x0, x1, groups=None):
         del key
-        cost = squared_distances(x0, x1)
+        cost = _within_groups(squared_distances(x0, x1), groups)
         out = jax.ShapeDtypeStruct((x1.shape[0],), jnp.int32)
         return jax.pure_callback(_emd_assignment, out, cost, vmap_method="sequential")
 
@@ -88,13 +107,13 @@ class SinkhornCoupling(AbstractCoupling):
     epsilon: Array = eqx.field(converter=as_float_array, default=0.05)
     max_iterations: int = eqx.field(static=True, default=2000)
 
-    def source_indices(self, key, x0, x1):
+    def source_indices(self, key, x0, x1, groups=None):
         from ott.geometry import geometry
         from ott.problems.linear import linear_problem
         from ott.solvers.linear import sinkhorn
 
         cost = squared_distances(x0, x1)
-        cost = cost / jnp.maximum(jnp.mean(cost), jnp.finfo(cost.dtype).tiny)
+        cost = _within_groups(cost / jnp.maximum(jnp.mean(cost), jnp.finfo(cost.dtype).tiny), groups)
         geom = geometry.Geometry(cost_matrix=cost, epsilon=self.epsilon)
         out = sinkhorn.Sinkhorn(max_iterations=self.max_iterations)(linear_problem.LinearProblem(geom))
         plan = out.matrix

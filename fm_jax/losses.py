@@ -110,6 +110,19 @@ def _flatten(x: PyTree[Array]) -> Array:
     return x.reshape(x.shape[0], -1)
 
 
+def _coupling_groups(cond: PyTree[Array] | None) -> Array | None:
+    """Class labels (B,) to couple within, or None; other conditioning cannot be grouped."""
+    if cond is None:
+        return None
+    leaves = jax.tree_util.tree_leaves(cond)
+    if len(leaves) != 1 or leaves[0].ndim != 1 or not jnp.issubdtype(leaves[0].dtype, jnp.integer):
+        raise ValueError(
+            "a minibatch coupling with conditioning pairs within classes and needs integer class labels (B,) as "
+            "cond; for other conditioning use IndependentCoupling()"
+        )
+    return leaves[0]
+
+
 def flow_matching_loss(
     params: Params,
     key: Key,
@@ -179,7 +192,7 @@ def flow_matching_loss(
         k_source, k_pair = jax.random.split(k_couple)
         z0 = jax.vmap(lambda k: path.sample_source(k, x1.shape[1:]))(jax.random.split(k_source, n))
         positions = jax.vmap(path.readout)(z0)
-        pairs = coupling.source_indices(k_pair, _flatten(positions), _flatten(x1))
+        pairs = coupling.source_indices(k_pair, _flatten(positions), _flatten(x1), _coupling_groups(cond))
         z0 = jax.tree_util.tree_map(lambda leaf: leaf[jax.lax.stop_gradient(pairs)], z0)
         sample = jax.vmap(path.sample_conditional_given_source)(path_keys, z0, x1, t)
     target = jax.lax.stop_gradient(sample.target)

@@ -184,3 +184,19 @@ def test_ot_coupling_straightens_cond_ot_on_eight_gaussians(n, steps, hidden):
     floor = metrics.wasserstein2(toy.eight_gaussians(jax.random.key(4), n), toy.eight_gaussians(jax.random.key(5), n))
     for k in (1, 2):
         assert w_ind[k] - w_ot[k] > floor, (k, w_ind[k], w_ot[k], floor)
+
+
+def test_class_conditional_coupling_pairs_within_classes():
+    """With class labels, every data row's source draw comes from its own class's share of the source draws
+    (source i carries row i's label), for exact OT and Sinkhorn; the loss refuses non-label conditioning."""
+    k0, k1, k2 = jax.random.split(jax.random.key(5), 3)
+    x0, x1 = jax.random.normal(k0, (64, 2)), 3.0 + jax.random.normal(k1, (64, 2))
+    groups = jax.random.randint(k2, (64,), 0, 4)
+    for coupling in (couplings.ExactOTCoupling(), couplings.SinkhornCoupling(0.05)):
+        idx = coupling.source_indices(jax.random.key(0), x0, x1, groups)
+        np.testing.assert_array_equal(groups[idx], groups)
+        assert len(np.unique(np.asarray(idx))) > 32  # a real assignment, not a constant
+    apply, params = models.as_apply(models.MLP(2, 2, hidden=8, depth=1, time_features=4, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="integer class labels"):
+        losses.flow_matching_loss(params, jax.random.key(0), losses.Batch(x1, cond=x1), P.AffinePath(P.CondOT()),
+                                  apply=apply, coupling=couplings.ExactOTCoupling())

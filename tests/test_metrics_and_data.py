@@ -90,7 +90,7 @@ def test_wasserstein2_1d_exact_against_pot_unequal_sizes():
     rng = np.random.default_rng(3)
     a, b = rng.normal(size=37), rng.normal(0.5, 2.0, size=53)
     ref = M.wasserstein2(a[:, None], b[:, None]) ** 2
-    with jax.experimental.enable_x64():
+    with jax.enable_x64(True):
         got = float(M.wasserstein2_1d(jnp.asarray(a), jnp.asarray(b)))
     np.testing.assert_allclose(got, ref, rtol=1e-9)
     np.testing.assert_allclose(float(jax.jit(M.wasserstein2_1d)(jnp.asarray(a), jnp.asarray(b))), ref, rtol=1e-5)
