@@ -15,9 +15,17 @@ import time
 from experiments import common, plots, tables
 from experiments.configs import default
 from experiments.configs.toy_paths import DATASET_SETTINGS
-from experiments.train import train_and_evaluate, validate
+from experiments.train import distances, reference_samples, train_and_evaluate, validate
 
-COLUMNS = ["path", "dataset", "solver", "nfe", "w2", "mmd", "energy", "kinetic_energy", "straightness",
+FLOOR_LABEL = "data vs data"  # the row of each dataset holding its metrics' sampling floor
+# Paths proven identical to a table row (tests/test_hamiltonian.py::test_hgf_equals_affine_path): trained, they
+# would repeat that row.
+IDENTICAL_PATHS = {"hgf_osc": "cosine", "hgf_zero_ot": "cond_ot", "hgf_zero_ve": "ve"}
+NOTE = ("Row `data vs data`: the metrics between two independent draws of the dataset of the same sizes, the "
+        "sampling floor no model can beat. Not trained because the tests prove them identical to a row: "
+        + ", ".join(f"`{a}` = `{b}`" for a, b in IDENTICAL_PATHS.items()) + ".\n\n")
+
+COLUMNS = ["path", "dataset", "solver", "nfe", "w2", "sw2", "mmd", "energy", "kinetic_energy", "straightness",
            "train_seconds", "final_loss"]
 
 
@@ -44,6 +52,11 @@ def run_table(config, out: str, progress: bool = True):
         except ValueError as err:
             raise common.ConfigError(f"table row {label}/{dataset}: {err}") from None
     rows, grid = [], {}
+    for dataset in config.table.datasets:  # the data-vs-data floor of every metric, in the same run
+        c = row_config(config, config.table.paths[0], dataset)
+        data_fn = common.build_toy_dataset(c)
+        floor = distances(reference_samples(c, data_fn, draw=1), reference_samples(c, data_fn), c.eval)
+        rows.append({"path": FLOOR_LABEL, "dataset": dataset, "solver": "data", **floor})
     for label, dataset in cells:
         start = time.perf_counter()
         res = train_and_evaluate(row_config(config, label, dataset), os.path.join(out, "runs", f"{label}-{dataset}"),
@@ -60,11 +73,38 @@ def run_table(config, out: str, progress: bool = True):
     return rows, grid
 
 
+def summary(rows: list[dict], datasets, seconds: float) -> str:
+    """The compact Markdown of the README: one row per path (the floor first), per dataset "W2 of each solver run
+    (the adaptive one's NFE) · sliced W2 of the last", then the kinetic energy of the first dataset."""
+    solvers = list(dict.fromkeys(r["solver"] for r in rows if r["path"] != FLOOR_LABEL))
+    labels = list(dict.fromkeys(r["path"] for r in rows))
+    cell = {(r["path"], r["dataset"], r["solver"]): r for r in rows}
+    head = " / ".join(solvers)
+    lines = [f"| path | {' | '.join(f'{d}: W2 {head} · SW2' for d in datasets)} | KE ({datasets[0]}) |",
+             "|---|" + "---|" * (len(datasets) + 1)]
+    for label in labels:
+        parts = []
+        for d in datasets:
+            if label == FLOOR_LABEL:
+                r = cell[(label, d, "data")]
+                parts.append(f"{r['w2']:.3f} · {r['sw2']:.3f}")
+                continue
+            runs = [cell[(label, d, s)] for s in solvers]
+            w2 = " / ".join(f"{r['w2']:.3f}" + (f" ({r['nfe']})" if s == solvers[-1] else "")
+                            for s, r in zip(solvers, runs))
+            parts.append(f"{w2} · {runs[-1]['sw2']:.3f}")
+        ke = "" if label == FLOOR_LABEL else f"{cell[(label, datasets[0], solvers[-1])]['kinetic_energy']:.2f}"
+        lines.append(f"| {label} | {' | '.join(parts)} | {ke} |")
+    return (NOTE + "\n".join(lines) + f"\n\nWall time {seconds / 60:.1f} min.\n\n## Every row\n\n"
+            + tables.markdown(rows, COLUMNS))
+
+
 def main(config, workdir: str):
     os.makedirs(workdir, exist_ok=True)
     start = time.perf_counter()
     rows, grid = run_table(config, workdir)
-    md_path, csv_path = tables.write(rows, workdir, "toy_table", COLUMNS)
+    md_path, csv_path = tables.write(rows, workdir, "toy_table", COLUMNS, markdown_text=summary(
+        rows, list(config.table.datasets), time.perf_counter() - start))
     png_path = os.path.join(workdir, "toy_samples.png")
     plots.panel_grid(grid, list(config.table.paths), list(config.table.datasets), png_path)
     print(f"\n{len(config.table.paths)} paths x {len(config.table.datasets)} datasets in "

@@ -1,10 +1,13 @@
 """Distances between sample sets, paired errors, and trajectory diagnostics.
 
 Exact W2 solves the discrete optimal-transport problem with POT's network simplex (host-side NumPy; the
-well-kept reference implementation). The others are pure JAX and jit-able.
+well-kept reference implementation). The others are pure JAX; the sample-set distances are jitted (one compile
+per sample shape, instead of one per operation in eager mode).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +54,7 @@ def wasserstein2_1d(a: Array, b: Array) -> Array:
     return jnp.sum(widths * (a[ia] - b[ib]) ** 2)
 
 
+@functools.partial(jax.jit, static_argnames="num_projections")
 def sliced_wasserstein2(key: Key, x: Array, y: Array, num_projections: int = 256) -> Array:
     """Sliced 2-Wasserstein distance SW2 = sqrt(E_θ W2²(θᵀx, θᵀy)), θ uniform on the unit sphere (Monte Carlo).
 
@@ -75,6 +79,7 @@ def _sq_dists(x: Array, y: Array) -> Array:
     return jnp.maximum(xx + yy - 2 * x @ y.T, 0.0)
 
 
+@functools.partial(jax.jit, static_argnames="bandwidths")
 def mmd(x: Array, y: Array, bandwidths: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0, 2.0)) -> Array:
     """Unbiased squared MMD with a sum of RBF kernels k(a, b) = Σ_h exp(−||a − b||² / (2h²)).
 
@@ -95,6 +100,7 @@ def mmd(x: Array, y: Array, bandwidths: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0,
     return sxx + syy - 2 * jnp.mean(kxy)
 
 
+@jax.jit
 def energy_distance(x: Array, y: Array) -> Array:
     """Energy distance 2 E||X − Y|| − E||X − X'|| − E||Y − Y'|| (Székely), V-statistic form: x (n, d), y (m, d)."""
     x = x.reshape(x.shape[0], -1)

@@ -139,10 +139,12 @@ def test_command_line_errors_are_one_line(tmp_path, flag, message):
 def test_main_job_writes_table_csv_and_plot(tmp_path):
     out = _run("experiments.toy_table", "--workdir", str(tmp_path), "--config.train.steps=20",
                "--config.train.steps_per_call=10", "--config.table.paths=('cond_ot', 've')",
-               "--config.table.datasets=('moons',)", "--config.eval.step_counts=(4,)")
+               "--config.table.datasets=('moons',)", "--config.eval.step_counts=(4,)",
+               "--config.eval.num_samples=300", "--config.eval.w2_samples=300", "--config.eval.trajectory_steps=8")
     assert out.returncode == 0, out.stderr[-2000:]
     table = (tmp_path / "toy_table.md").read_text()
     assert "| cond_ot | moons | euler4 |" in table and "| ve | moons | dopri5 |" in table
+    assert "| data vs data | moons | data |" in table and "moons: W2 euler4 / dopri5 · SW2" in table
     assert (tmp_path / "toy_table.csv").exists() and (tmp_path / "toy_samples.png").stat().st_size > 1000
     assert "table:" in out.stdout
 
