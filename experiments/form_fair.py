@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments import common
 from fm_jax import relativistic as rel
 from fm_jax.data import relativistic_sims as sims
 
@@ -218,27 +219,48 @@ def make_data(key, dataset: str, cfg):
     return train, test
 
 
+def _optimizer(cfg):
+    return optax.adam(optax.cosine_decay_schedule(cfg["lr"], cfg["iters"], alpha=cfg["final_lr_fraction"]))
+
+
 @functools.partial(jax.jit, static_argnames=("dataset", "method", "with_v0", "cfg_items"))
-def run_seed(key, *, dataset: str, method: str, with_v0: bool, cfg_items: tuple):
-    """Simulate, train one method, sample the test set. Returns (mean L2 in units of c dt, final loss)."""
+def prepare(keys, *, dataset: str, method: str, with_v0: bool, cfg_items: tuple):
+    """(train, test, state): each seed key's simulated sets and the initial `TrainState`s of `method`."""
     cfg = dict(cfg_items)
-    cfg_ns = type("Cfg", (), cfg)
-    train, test = make_data(key, dataset, cfg_ns)
-    init, loss, sample = make_method(method, with_v0, cfg["hidden"], cfg["depth"])
-    params = init(jax.random.fold_in(key, 7))
-    sched = optax.cosine_decay_schedule(cfg["lr"], cfg["iters"], alpha=cfg["final_lr_fraction"])
-    opt = optax.adam(sched)
+    train, test = jax.vmap(lambda key: make_data(key, dataset, type("Cfg", (), cfg)))(keys)
+    init = make_method(method, with_v0, cfg["hidden"], cfg["depth"])[0]
+    inits = jax.vmap(lambda key: jax.random.fold_in(key, 7))(keys)
+    return train, test, common.init_seed_states(init, inits, keys, _optimizer(cfg))
 
-    def body(carry, _):
-        params, state = carry
-        value, grads = jax.value_and_grad(loss)(params, train)
-        updates, state = opt.update(grads, state, params)
-        return (optax.apply_updates(params, updates), state), value
 
-    (params, _), losses = jax.lax.scan(body, (params, opt.init(params)), None, length=cfg["iters"])
-    x1 = sample(params, test.x0, test.v0)
-    err = jnp.linalg.norm(x1 - test.x1, axis=-1)
-    return jnp.mean(jnp.where(jnp.isfinite(err), err, jnp.inf)) / UNIT, losses[-1]
+@functools.partial(jax.jit, static_argnames=("method", "with_v0", "hidden", "depth"))
+def _l2(params, test, *, method: str, with_v0: bool, hidden: int, depth: int):
+    sample = make_method(method, with_v0, hidden, depth)[2]
+
+    def one(params, test):
+        err = jnp.linalg.norm(sample(params, test.x0, test.v0) - test.x1, axis=-1)
+        return jnp.mean(jnp.where(jnp.isfinite(err), err, jnp.inf)) / UNIT
+
+    return jax.vmap(one)(params, test)
+
+
+def run_seeds(keys, *, dataset: str, method: str, with_v0: bool, cfg_items: tuple, workdir: str | None = None,
+              steps_per_call: int = 1000):
+    """Simulate, train one method for every seed key on the shared skeleton (checkpointed under
+    `<workdir>/runs/` and resumed when a workdir is given), sample the test sets.
+
+    Returns (mean L2 per seed in units of c dt (S,), mean loss of the last call)."""
+    cfg = dict(cfg_items)
+    train, test, state = prepare(keys, dataset=dataset, method=method, with_v0=with_v0, cfg_items=cfg_items)
+    loss = make_method(method, with_v0, cfg["hidden"], cfg["depth"])[1]
+    setting = "with_v0" if with_v0 else "without_v0"
+    run = {**cfg, "dataset": dataset, "method": method, "setting": setting,
+           "keys": np.asarray(jax.random.key_data(keys)).tolist()}
+    state, row = common.train_seeds(state, lambda params, key, data: loss(params, data), _optimizer(cfg), train,
+                                    cfg["iters"], steps_per_call=steps_per_call, workdir=workdir,
+                                    name=f"{dataset}_{setting}_{method}", config=run)
+    l2 = _l2(state.params, test, method=method, with_v0=with_v0, hidden=cfg["hidden"], depth=cfg["depth"])
+    return l2, row.get("loss", float("nan"))
 
 
 @functools.partial(jax.jit, static_argnames=("dataset", "cfg_items"))
@@ -304,8 +326,8 @@ def run(cfg, out: str | None = None):
                 _append_row(out, rows[-1])
             for method in cfg.methods.split(","):
                 start = time.perf_counter()
-                fn = functools.partial(run_seed, dataset=dataset, method=method, with_v0=with_v0, cfg_items=items)
-                l2, final = jax.vmap(fn)(keys)
+                l2, final = run_seeds(keys, dataset=dataset, method=method, with_v0=with_v0, cfg_items=items,
+                                      workdir=out, steps_per_call=cfg.checkpoint_every)
                 init = make_method(method, with_v0, cfg.hidden, cfg.depth)[0]
                 rows.append({"dataset": dataset, "setting": setting, "method": NAMES[method],
                              "params": n_params(init(jax.random.key(0))), "l2": _fmt(l2),
@@ -349,6 +371,4 @@ def main(cfg, workdir: str):
 
 
 if __name__ == "__main__":
-    from experiments import common
-
     common.run(main, "experiments/configs/form_fair.py", "results/form_fair")

@@ -73,19 +73,37 @@ def score_error(apply_f, params, x):
     return float(err), float(err / jnp.mean(jnp.sum(s**2, -1)))
 
 
-def train(loss_fn, params, problem, steps, batch, lr, seed, steps_per_call=100, opt=None):
-    """Run the project's scanned train step; returns the final parameters (raw, not EMA) and seconds."""
+# Sub-runs checkpoint under `<workdir>/runs/<name>` with the fields their training reads (compared on resume).
+TRAIN_FIELDS = ("steps", "batch", "lr", "hidden", "depth", "inner_steps", "velocity_lr", "hsm_T", "hsm_steps",
+                "dsm_sigma")
+STEPS_PER_CALL = 100  # one host-drawn batch stack (and one compiled scan) per 100 steps
+
+
+def _run(args, name, fields, **extra):
+    """`fit_steps` keyword arguments of sub-run `name`: its directory, its config (`fields` of args + `extra`)."""
+    config = {**{f: getattr(args, f) for f in fields}, **extra}
+    return {"workdir": args.out, "name": name, "config": config, "checkpoint_every": args.checkpoint_every}
+
+
+def train(loss_fn, params, problem, steps, batch, lr, seed, opt=None, **run):
+    """The project's scanned train step on the shared skeleton (`common.fit_steps`: 100 steps a call, data drawn
+    on the host from the call's first step; checkpointed and resumed with `run` = `_run(...)`); returns the final
+    parameters (raw, not EMA), seconds and the last call's mean metrics."""
     if opt is None:
         opt = make_optimizer(lr, warmup_steps=min(100, steps // 10), total_steps=steps, final_lr_fraction=0.1)
-    step = make_scan_train_step(loss_fn, opt, ema_decay=0.99)
-    state = init_train_state(jax.random.key(seed), params, opt)
+    scan = make_scan_train_step(loss_fn, opt, ema_decay=0.99)
+
+    def make_advance(k):
+        def advance(state):
+            x = sample_data(jax.random.fold_in(jax.random.key(seed + 1), int(state.step)), k * batch)
+            return scan(state, x.reshape(k, batch, 2), problem)
+
+        return advance
+
     start = time.perf_counter()
-    for i in range(0, steps, steps_per_call):
-        k = min(steps_per_call, steps - i)
-        batches = sample_data(jax.random.fold_in(jax.random.key(seed + 1), i), k * batch).reshape(k, batch, 2)
-        state, metrics = step(state, batches, problem)
-    jax.block_until_ready(state.params)
-    return state.params, time.perf_counter() - start, {k: float(v[-1]) for k, v in metrics.items()}
+    state, row = common.fit_steps(init_train_state(jax.random.key(seed), params, opt), make_advance, steps,
+                                  steps_per_call=STEPS_PER_CALL, **run)
+    return state.params, time.perf_counter() - start, row
 
 
 def train_alternating(force_apply, apply_v, theta, phi, problem, args, seed):
@@ -93,13 +111,23 @@ def train_alternating(force_apply, apply_v, theta, phi, problem, args, seed):
     f_opt = make_optimizer(args.lr, total_steps=args.steps, final_lr_fraction=0.05, clip_norm=None)
     v_opt = optax.adam(args.velocity_lr)
     step = hsm.make_hsm_alternating_step(force_apply, apply_v, f_opt, v_opt, inner_steps=args.inner_steps)
-    state = hsm.init_hsm_state(theta, phi, f_opt, v_opt)
+
+    def make_advance(k):
+        def advance(state):
+            metrics = []
+            for i in range(int(state.step), int(state.step) + k):
+                x0 = sample_data(jax.random.fold_in(jax.random.key(seed + 1), i), args.batch)
+                state, m = step(state, jax.random.fold_in(jax.random.key(seed), i), x0, problem)
+                metrics.append(m)
+            metrics = jax.tree_util.tree_map(lambda *v: jnp.stack(v), *metrics)
+            return state, {"loss": metrics["hsm"], **metrics}
+
+        return advance
+
     start = time.perf_counter()
-    for i in range(args.steps):
-        x0 = sample_data(jax.random.fold_in(jax.random.key(seed + 1), i), args.batch)
-        state, metrics = step(state, jax.random.fold_in(jax.random.key(seed), i), x0, problem)
-    jax.block_until_ready(state.force_params)
-    return state.force_params, time.perf_counter() - start, {k: float(v) for k, v in metrics.items()}
+    state, row = common.fit_steps(hsm.init_hsm_state(theta, phi, f_opt, v_opt), make_advance, args.steps,
+                                  steps_per_call=STEPS_PER_CALL, **_run(args, "hsm_alternating", TRAIN_FIELDS))
+    return state.force_params, time.perf_counter() - start, row
 
 
 def part1(args):
@@ -113,11 +141,11 @@ def part1(args):
     # which would let the noisy predictor gradient shrink the force step), the force at half the rate.
     force_opt = make_optimizer(0.5 * args.lr, total_steps=args.steps, final_lr_fraction=0.05, clip_norm=None)
     opt = hsm.hsm_optimizer(force_opt, optax.adam(args.velocity_lr))
-    theta_gda, sec_gda, m_gda = train(
-        hsm_fn, {"force": theta0, "velocity": phi0}, problem, args.steps, args.batch, args.lr, seed=10, opt=opt
-    )
+    theta_gda, sec_gda, m_gda = train(hsm_fn, {"force": theta0, "velocity": phi0}, problem, args.steps, args.batch,
+                                      args.lr, seed=10, opt=opt, **_run(args, "hsm_simultaneous", TRAIN_FIELDS))
     dsm_fn = functools.partial(hsm.denoising_score_matching_loss, score_apply=force_apply)
-    theta_dsm, sec_dsm, m_dsm = train(dsm_fn, theta0, jnp.asarray(args.dsm_sigma), args.steps, args.batch, args.lr, 20)
+    theta_dsm, sec_dsm, m_dsm = train(dsm_fn, theta0, jnp.asarray(args.dsm_sigma), args.steps, args.batch, args.lr, 20,
+                                      **_run(args, "dsm", TRAIN_FIELDS))
     x_eval = sample_data(jax.random.key(99), 20_000)
     rows = []
     for name, params, sec in [
@@ -199,12 +227,11 @@ def part3(args, force_apply, theta_dsm_warm):
         problem = hsm.HamiltonianScoreMatching(tau_max=sigma, n_steps=args.hsm_steps)
         # Fit the predictor at this horizon with the force frozen (only the predictor's optimiser moves).
         opt = hsm.hsm_optimizer(optax.set_to_zero(), optax.adam(args.lr))
-        step = make_scan_train_step(fit_v, opt, ema_decay=0.0)
-        state = init_train_state(jax.random.key(30), {"force": theta, "velocity": phi0}, opt)
-        for i in range(0, args.snr_predictor_steps, 100):
-            batches = sample_data(jax.random.fold_in(jax.random.key(31), i), 100 * args.batch).reshape(100, -1, 2)
-            state, _ = step(state, batches, problem)
-        phi = state.params["velocity"]
+        run = _run(args, f"snr_predictor_sigma{sigma:g}", ("batch", "lr", "hidden", "depth", "hsm_steps",
+                                                           "warmup_steps", "snr_predictor_steps"), sigma=sigma)
+        params, _, _ = train(fit_v, {"force": theta, "velocity": phi0}, problem, args.snr_predictor_steps, args.batch,
+                             args.lr, 30, opt, **run)
+        phi = params["velocity"]
         row = {"sigma": sigma, "esm": esm_snr}
         row["dsm"], row["dsm_cos"] = _snr(dsm_grads(theta, keys, x0, jnp.asarray(sigma)), esm_mean)
         row["hsm_learned_v"], row["hsm_learned_v_cos"] = _snr(hsm_grads(theta, phi, keys, x0, problem, False), esm_mean)
@@ -277,7 +304,8 @@ def main(config, workdir: str):
     dsm_fn = functools.partial(hsm.denoising_score_matching_loss, score_apply=force_apply)
     theta_warm = theta_init
     if args.warmup_steps:
-        theta_warm, _, _ = train(dsm_fn, theta_init, jnp.asarray(0.3), args.warmup_steps, args.batch, args.lr, 40)
+        theta_warm, _, _ = train(dsm_fn, theta_init, jnp.asarray(0.3), args.warmup_steps, args.batch, args.lr, 40,
+                                 **_run(args, "dsm_warmup", ("warmup_steps", "batch", "lr", "hidden", "depth")))
     rows3 = part3(args, force_apply, theta_warm)
     res = {"score_error": rows1, "hsd": rows2, "snr": rows3, "final_metrics": last, "config": vars(args)}
     res["seconds"] = time.perf_counter() - start
