@@ -20,6 +20,7 @@ i.e. once the predictor's relative error reaches ~1.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -28,9 +29,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from experiments import common
+
 # The mixture, data and networks of experiments/hsm_gmm.py: the same setting, measured further.
 from experiments.hsm_gmm import make_net, sample_data, score
 from fm_jax import hsm
+from fm_jax.training import init_train_state, make_train_loop
 
 
 def snr_and_cosine(grads, reference):
@@ -54,8 +58,10 @@ def parse_variant(text):
             "batch": int(batch)}
 
 
-def fit_predictor(force_apply, theta, problem, variant, cfg, key):
-    """Regress V_phi(x_tau, tau / T) on v_tau with the force frozen; returns velocity_apply and phi."""
+def fit_predictor(force_apply, theta, problem, variant, cfg, key, workdir=None):
+    """Regress V_phi(x_tau, tau / T) on v_tau with the force frozen, on the shared skeleton (`common.fit_steps`,
+    50 steps a call; with a workdir, checkpointed under `runs/sigma<sigma>_<variant>` and resumed); returns
+    velocity_apply, phi and the mean loss of the last 50 steps."""
     raw_apply, phi = make_net(3, variant["hidden"], cfg.depth)
     if variant["param"] == "scaled":
         velocity_apply = hsm.TimeScaledPredictor(raw_apply, problem.tau_max)
@@ -64,28 +70,26 @@ def fit_predictor(force_apply, theta, problem, variant, cfg, key):
     lr = cfg.lr if variant["schedule"] == "constant" else optax.cosine_decay_schedule(cfg.lr, variant["steps"], 0.05)
     opt = optax.adam(lr)
 
-    def regression(phi, k):
+    def regression(phi, k, batch, path):
+        del batch, path
         k_x, k_sim = jax.random.split(k)
         x0 = sample_data(k_x, variant["batch"])
         tau, x, v = hsm.simulate(theta, k_sim, x0, problem, force_apply=force_apply)
-        return jnp.mean(jnp.sum((v - velocity_apply(phi, x, tau / problem.tau_max)) ** 2, -1))
+        loss = jnp.mean(jnp.sum((v - velocity_apply(phi, x, tau / problem.tau_max)) ** 2, -1))
+        return loss, {"loss": loss}
 
-    @jax.jit
-    def train(phi, key):
-        def body(carry, i):
-            phi, state = carry
-            loss, g = jax.value_and_grad(regression)(phi, jax.random.fold_in(key, i))
-            updates, state = opt.update(g, state, phi)
-            return (optax.apply_updates(phi, updates), state), loss
+    def make_advance(k):
+        return functools.partial(make_train_loop(regression, opt, lambda _: None, steps_per_call=k), path=None)
 
-        (phi, _), losses = jax.lax.scan(body, (phi, opt.init(phi)), jnp.arange(variant["steps"]))
-        return phi, losses
-
-    phi, losses = train(phi, key)
-    return velocity_apply, phi, float(jnp.mean(losses[-50:]))
+    sigma = float(problem.tau_max)
+    run = {**variant, "sigma": sigma, "lr": cfg.lr, "depth": cfg.depth, "hsm_steps": cfg.hsm_steps, "seed": cfg.seed}
+    state, row = common.fit_steps(init_train_state(key, phi, opt), make_advance, variant["steps"], steps_per_call=50,
+                                  workdir=workdir, name=f"sigma{sigma:g}_{variant['name']}", config=run,
+                                  checkpoint_every=cfg.checkpoint_every)
+    return velocity_apply, state.params, row["loss"]
 
 
-def run(cfg):
+def run(cfg, workdir=None):
     force_net, theta = make_net(0, cfg.hidden, cfg.depth)
     force_apply = lambda p, x: force_net(p, x, 0.0)  # noqa: E731  (a position-only force)
     n = cfg.snr_samples
@@ -129,7 +133,7 @@ def run(cfg):
         for variant in variants:
             start = time.perf_counter()
             velocity_apply, phi, final = fit_predictor(force_apply, theta, problem, variant, cfg,
-                                                       jax.random.key(30 + cfg.seed))
+                                                       jax.random.key(30 + cfg.seed), workdir)
             err = predictor_error(velocity_apply, phi, problem)
             snr, cos = snr_and_cosine(hsm_grads(velocity_apply, phi, problem, False), esm_mean)
             row[variant["name"]] = (snr, cos, err)
@@ -168,7 +172,7 @@ def markdown(rows, variants, cfg):
 def main(cfg, workdir: str):
     os.makedirs(workdir, exist_ok=True)
     start = time.perf_counter()
-    rows, variants = run(cfg)
+    rows, variants = run(cfg, workdir)
     md = markdown(rows, variants, cfg)
     with open(os.path.join(workdir, "hsm_small_sigma.md"), "w") as f:
         f.write(md)
@@ -179,6 +183,4 @@ def main(cfg, workdir: str):
 
 
 if __name__ == "__main__":
-    from experiments import common
-
     common.run(main, "experiments/configs/hsm_small_sigma.py", "results/hsm_small_sigma")
