@@ -83,10 +83,50 @@ def _one_line(err: BaseException) -> str:
     return text.splitlines()[0] if not isinstance(err, ConfigError) else text
 
 
+_HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
+
+
+def _fields(tree, prefix: str = ""):
+    """(dotted name, value) of every leaf of a nested config dict."""
+    for name, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from _fields(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", value
+
+
+def _print_help(argv) -> None:
+    """`--help`: the entry point's docstring, its flags, and every field of the config (after the other flags on
+    the line, so `--config other.py --help` lists other.py's fields) with its value; `--helpfull` adds absl's
+    flags."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    full = "--helpfull" in argv
+    flags.FLAGS([a for a in argv if a not in _HELP_FLAGS])
+    doc = (sys.modules["__main__"].__doc__ or "").strip()
+    lines = [doc, "", "flags:"] if doc else ["flags:"]
+    for name in ("config", "workdir", "start_fresh"):
+        flag = flags.FLAGS[name]
+        value = config_flags.get_config_filename(flag) if name == "config" else flag.value
+        lines.append(f"  --{name}: {flag.help} (now: {value!r})")
+    config = flags.FLAGS.config
+    lines += ["", "config fields (override any with --config.<field>=value):"]
+    lines += [f"  --config.{name}={value!r}" for name, value in _fields(config.to_dict())]
+    if full:
+        lines += ["", flags.FLAGS.get_help()]
+    else:
+        lines += ["", "Try --helpfull for absl's own flags too."]
+    print("\n".join(lines))
+    sys.exit(0)
+
+
 def _parse_flags(argv):
     from absl import flags
 
     try:
+        if any(a in _HELP_FLAGS for a in argv[1:]):
+            _print_help(argv)
         return flags.FLAGS(argv)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as err:
         cause = err.__cause__ or err.__context__ or err

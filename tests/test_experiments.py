@@ -136,6 +136,26 @@ def test_command_line_errors_are_one_line(tmp_path, flag, message):
     assert not (tmp_path / "checkpoints").exists()  # nothing trained
 
 
+def test_help_lists_every_config_field_with_its_value(tmp_path):
+    from experiments.configs import toy_table
+
+    out = _run("experiments.toy_table", "--workdir", str(tmp_path), "--config.train.steps=7", "--help", timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    listed = {line.strip().split("=")[0] for line in out.stdout.splitlines() if line.startswith("  --config.")}
+    fields = {f"--config.{k}" for k in _field_names(toy_table.get_config().to_dict())}
+    assert listed == fields, (listed ^ fields)
+    assert "  --config.train.steps=7" in out.stdout  # the value after the other flags on the line
+    assert f"  --config.model.hidden={toy_table.get_config().model.hidden!r}" in out.stdout
+    assert "--workdir" in out.stdout and "--helpfull" in out.stdout and not os.listdir(tmp_path)
+
+
+def _field_names(tree, prefix=""):
+    out = []
+    for name, value in tree.items():
+        out += _field_names(value, f"{prefix}{name}.") if isinstance(value, dict) and value else [prefix + name]
+    return out
+
+
 def test_main_job_writes_table_csv_and_plot(tmp_path):
     out = _run("experiments.toy_table", "--workdir", str(tmp_path), "--config.train.steps=20",
                "--config.train.steps_per_call=10", "--config.table.paths=('cond_ot', 've')",
