@@ -6,6 +6,7 @@ Every entry point is `python -m experiments.<name> --config path/to/config.py --
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -286,12 +287,14 @@ def init_seed_states(init: Callable, init_keys, fit_keys, optimizer):
     return states(init_keys, fit_keys)
 
 
+@functools.cache
 def seed_loop(loss: Callable, optimizer, steps: int, *, ema_decay: float = 0.0):
     """`loop(states, data) -> (states, metrics)`: `steps` full-batch steps of `fm_jax.training.train_step` for S
     seeds at once (one compiled call; `states` from `init_seed_states`, data leaves with a leading S axis).
 
     `loss(params, key, data) -> scalar` is one seed's loss; its key is `fold_in(seed key, step)`. The metrics are
     per step (K,): the loss averaged over seeds, and the steps skipped by any seed (a non-finite loss or gradient).
+    Cached: the same loss and optimizer objects reuse the compiled loop.
     """
     import jax
     import jax.numpy as jnp
@@ -321,7 +324,5 @@ def seed_loop(loss: Callable, optimizer, steps: int, *, ema_decay: float = 0.0):
 
 def train_seeds(states, loss: Callable, optimizer, data, num_steps: int, **fit_kwargs):
     """`fit_steps` of `seed_loop(loss, optimizer, k)` on the fixed full-batch `data`: (states, last row)."""
-    import functools
-
     return fit_steps(states, lambda k: functools.partial(seed_loop(loss, optimizer, k), data=data), num_steps,
                      **fit_kwargs)

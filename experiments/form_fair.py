@@ -223,14 +223,19 @@ def _optimizer(cfg):
     return optax.adam(optax.cosine_decay_schedule(cfg["lr"], cfg["iters"], alpha=cfg["final_lr_fraction"]))
 
 
-@functools.partial(jax.jit, static_argnames=("dataset", "method", "with_v0", "cfg_items"))
-def prepare(keys, *, dataset: str, method: str, with_v0: bool, cfg_items: tuple):
-    """(train, test, state): each seed key's simulated sets and the initial `TrainState`s of `method`."""
+@functools.partial(jax.jit, static_argnames=("dataset", "cfg_items"))
+def simulate(keys, *, dataset: str, cfg_items: tuple):
+    """(train, test) of each seed key (leading axis S): noisy training and clean test trajectories."""
+    return jax.vmap(lambda key: make_data(key, dataset, type("Cfg", (), dict(cfg_items))))(keys)
+
+
+@functools.partial(jax.jit, static_argnames=("method", "with_v0", "cfg_items"))
+def init_states(keys, *, method: str, with_v0: bool, cfg_items: tuple):
+    """The initial `TrainState`s of `method` for each seed key (network init from fold_in(key, 7))."""
     cfg = dict(cfg_items)
-    train, test = jax.vmap(lambda key: make_data(key, dataset, type("Cfg", (), cfg)))(keys)
     init = make_method(method, with_v0, cfg["hidden"], cfg["depth"])[0]
     inits = jax.vmap(lambda key: jax.random.fold_in(key, 7))(keys)
-    return train, test, common.init_seed_states(init, inits, keys, _optimizer(cfg))
+    return common.init_seed_states(init, inits, keys, _optimizer(cfg))
 
 
 @functools.partial(jax.jit, static_argnames=("method", "with_v0", "hidden", "depth"))
@@ -245,13 +250,15 @@ def _l2(params, test, *, method: str, with_v0: bool, hidden: int, depth: int):
 
 
 def run_seeds(keys, *, dataset: str, method: str, with_v0: bool, cfg_items: tuple, workdir: str | None = None,
-              steps_per_call: int = 1000):
-    """Simulate, train one method for every seed key on the shared skeleton (checkpointed under
-    `<workdir>/runs/` and resumed when a workdir is given), sample the test sets.
+              steps_per_call: int = 1000, data=None):
+    """Train one method for every seed key on its data (`data` = `simulate(keys, ...)`, simulated here if None)
+    on the shared skeleton (checkpointed under `<workdir>/runs/` and resumed when a workdir is given), and
+    sample the test sets.
 
     Returns (mean L2 per seed in units of c dt (S,), mean loss of the last call)."""
     cfg = dict(cfg_items)
-    train, test, state = prepare(keys, dataset=dataset, method=method, with_v0=with_v0, cfg_items=cfg_items)
+    train, test = simulate(keys, dataset=dataset, cfg_items=cfg_items) if data is None else data
+    state = init_states(keys, method=method, with_v0=with_v0, cfg_items=cfg_items)
     loss = make_method(method, with_v0, cfg["hidden"], cfg["depth"])[1]
     setting = "with_v0" if with_v0 else "without_v0"
     run = {**cfg, "dataset": dataset, "method": method, "setting": setting,
@@ -263,11 +270,9 @@ def run_seeds(keys, *, dataset: str, method: str, with_v0: bool, cfg_items: tupl
     return l2, row.get("loss", float("nan"))
 
 
-@functools.partial(jax.jit, static_argnames=("dataset", "cfg_items"))
-def reference_rows(key, *, dataset: str, cfg_items: tuple):
-    """Untrained references on the same test sets (units of c dt)."""
-    cfg_ns = type("Cfg", (), dict(cfg_items))
-    _, test = make_data(key, dataset, cfg_ns)
+@jax.jit
+def reference_rows(test: sims.Trajectories):
+    """Untrained references on one seed's test set (units of c dt)."""
 
     def exact_force_rollout(v0):
         def step(carry, _):
@@ -312,7 +317,8 @@ def run(cfg, out: str | None = None):
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(cfg.seed), i))(jnp.arange(cfg.seeds))
     rows = []
     for dataset in cfg.datasets.split(","):
-        refs = jax.vmap(functools.partial(reference_rows, dataset=dataset, cfg_items=items))(keys)
+        data = simulate(keys, dataset=dataset, cfg_items=items)
+        refs = jax.vmap(reference_rows)(data[1])
         for setting in cfg.settings.split(","):
             with_v0 = setting == "with_v0"
             if setting not in ("with_v0", "without_v0"):
@@ -327,7 +333,7 @@ def run(cfg, out: str | None = None):
             for method in cfg.methods.split(","):
                 start = time.perf_counter()
                 l2, final = run_seeds(keys, dataset=dataset, method=method, with_v0=with_v0, cfg_items=items,
-                                      workdir=out, steps_per_call=cfg.checkpoint_every)
+                                      workdir=out, steps_per_call=cfg.checkpoint_every, data=data)
                 init = make_method(method, with_v0, cfg.hidden, cfg.depth)[0]
                 rows.append({"dataset": dataset, "setting": setting, "method": NAMES[method],
                              "params": n_params(init(jax.random.key(0))), "l2": _fmt(l2),

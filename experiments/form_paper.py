@@ -269,23 +269,24 @@ def _sample(params, test, norm, *, method: str, as_published: bool):
     return jax.vmap(one)(params, test, norm)
 
 
-@functools.partial(jax.jit, static_argnames=("dataset", "method", "as_published"))
-def prepare(keys, *, dataset: str, method: str, as_published: bool):
-    """(train, test, norm, state): each seed's data (`simulate`) and the initial `TrainState`s of `method`."""
-    train, test, norm = simulate(keys, dataset=dataset, as_published=as_published)
+@functools.partial(jax.jit, static_argnames=("method", "as_published"))
+def init_states(keys, *, method: str, as_published: bool):
+    """The initial `TrainState`s of `method` for each seed key (network init and step keys from its split)."""
     parts = jax.vmap(lambda k: jax.random.split(k, 4))(keys)
     init = METHOD_FACTORIES[method](as_published)[0]
-    return train, test, norm, common.init_seed_states(init, parts[:, 2], parts[:, 3], optax.adam(LR))
+    return common.init_seed_states(init, parts[:, 2], parts[:, 3], optax.adam(LR))
 
 
 def run_seeds(keys, *, dataset: str, method: str, as_published: bool, iters: int, workdir: str | None = None,
-              steps_per_call: int = 1000):
-    """Simulate each seed's train/test sets, train `method` on the shared skeleton (all seeds in one compiled step;
-    with a `workdir`, checkpointed under `runs/<variant>_<dataset>_<method>` and resumed), sample the test sets.
+              steps_per_call: int = 1000, data=None):
+    """Train `method` on each seed's simulated data (`data` = `simulate(keys, ...)`, simulated here if None) on the
+    shared skeleton (all seeds in one compiled step; with a `workdir`, checkpointed under
+    `runs/<variant>_<dataset>_<method>` and resumed), and sample the test sets.
 
     Returns (L2 per test point (S, n), trajectories (S, n, K+1, 2), true positions, mean loss of the last call).
     """
-    train, test, norm, state = prepare(keys, dataset=dataset, method=method, as_published=as_published)
+    train, test, norm = simulate(keys, dataset=dataset, as_published=as_published) if data is None else data
+    state = init_states(keys, method=method, as_published=as_published)
     variant = "as_published" if as_published else "corrected"
     run = {"variant": variant, "dataset": dataset, "method": method, "iters": iters,
            "keys": np.asarray(jax.random.key_data(keys)).tolist()}
@@ -335,8 +336,8 @@ def run(out: str, seeds: int, budget: int, variants: list[str], datasets: list[s
     for variant in variants:
         as_pub = variant == "as_published"
         for dataset in datasets:
-            test = simulate(keys, dataset=dataset, as_published=as_pub)[1]
-            refs = jax.vmap(functools.partial(reference_rows, as_published=as_pub))(test)
+            data = simulate(keys, dataset=dataset, as_published=as_pub)
+            refs = jax.vmap(functools.partial(reference_rows, as_published=as_pub))(data[1])
             for name, label in [("form", "ForM sampler, exact forces, published step count"),
                                 ("o1", "O1 sampler, exact v_k, published step count"),
                                 ("o12", "O1+O2 sampler, exact v_k, a_k, published step count"),
@@ -346,7 +347,8 @@ def run(out: str, seeds: int, budget: int, variants: list[str], datasets: list[s
                 iters = iterations(method, dataset, as_pub, budget)
                 start = time.perf_counter()
                 l2, traj, true_traj, last_loss = run_seeds(keys, dataset=dataset, method=method, as_published=as_pub,
-                                                           iters=iters, workdir=out, steps_per_call=steps_per_call)
+                                                           iters=iters, workdir=out, steps_per_call=steps_per_call,
+                                                           data=data)
                 per_seed = np.asarray(jnp.mean(l2, axis=1))
                 nan = int(np.sum(~np.isfinite(np.asarray(l2))))
                 paper = PAPER.get((dataset, method))
