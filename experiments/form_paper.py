@@ -33,7 +33,6 @@ method (docs/paper_fidelity.md).
 
 from __future__ import annotations
 
-import csv
 import functools
 import math
 import os
@@ -44,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import common
+from experiments import common, plots, tables
 from fm_jax import relativistic as rel
 from fm_jax.data import relativistic_sims as sims
 
@@ -372,12 +371,6 @@ def _row(variant, dataset, method, per_seed, paper, iters, nan=0):
 def write_table(rows, out, seeds, budget):
     cols = ["variant", "dataset", "method", "iters", "raw", "paper_unit", "units_of_c", "paper", "nonfinite",
             "per_seed_paper_unit"]
-    csv_path = os.path.join(out, "form_paper.csv")
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-    md = os.path.join(out, "form_paper.md")
     head = ["dataset", "method", "iters", "L2 raw", "L2 / 3e7 (paper unit)", "L2 / c", "paper", "non-finite"]
     lines = [f"# ForM particle experiments: mean paired end-point L2, mean ± std over {seeds} seeds", "",
              f"Adam lr {LR}; paper unit = raw / (c dt) = raw / 3e7; 'paper' = the published table (same unit).",
@@ -386,27 +379,16 @@ def write_table(rows, out, seeds, budget):
               "corrected": f"Corrected (consistent 10-step data and samplers, fixed O1 indexing, tanh networks, "
                            f"{budget} iterations for every method)"}
     for variant in dict.fromkeys(r["variant"] for r in rows):
-        lines += ["", f"## {titles.get(variant, variant)}", "", "| " + " | ".join(head) + " |",
-                  "|" + "---|" * len(head)]
-        for r in rows:
-            if r["variant"] == variant:
-                lines.append("| " + " | ".join(str(r[c]) for c in cols[1:-1]) + " |")
-    with open(md, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return md, csv_path
+        cells = [dict(zip(head, (r[c] for c in cols[1:-1]))) for r in rows if r["variant"] == variant]
+        lines += ["", f"## {titles.get(variant, variant)}", "", tables.markdown(cells, head).rstrip("\n")]
+    return tables.write(rows, out, "form_paper", cols, markdown_text="\n".join(lines) + "\n")
 
 
 def plot_trajectories(trajectories, out, num=25):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     variants = sorted({k[0] for k in trajectories}, reverse=True)
     datasets = list(dict.fromkeys(k[1] for k in trajectories))
     methods = list(dict.fromkeys(k[2] for k in trajectories))
-    fig, axes = plt.subplots(len(variants) * len(datasets), len(methods),
-                             figsize=(3.2 * len(methods), 3.0 * len(variants) * len(datasets)), squeeze=False)
+    fig, axes = plots.axes_grid(len(variants) * len(datasets), len(methods), (3.2, 3.0))
     for i, (variant, dataset) in enumerate((v, d) for v in variants for d in datasets):
         for j, method in enumerate(methods):
             ax = axes[i, j]
@@ -423,10 +405,8 @@ def plot_trajectories(trajectories, out, num=25):
             ax.set_title(f"{dataset} · {METHOD_NAMES[method].split(' (')[0]}\n({variant})", fontsize=8)
             ax.tick_params(labelsize=6)
     fig.suptitle("grey: simulated; red: generated; black: true end points (units of c · 1 s)", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.985))
     path = os.path.join(out, "form_trajectories.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save(fig, path, dpi=110, top=0.985)
     return path
 
 

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from experiments import common
+from experiments import common, plots
 from fm_jax import hamiltonian as H
 from fm_jax import hsm
 from fm_jax.models import MLP, as_apply
@@ -180,7 +180,7 @@ def part2(args, force_apply, theta_hsm, theta_dsm):
     return rows
 
 
-def _snr(grads, reference=None):
+def snr_and_cosine(grads, reference=None):
     """Single-example SNR of per-example gradients (a pytree with leading axis N), and the cosine between their
     mean and a `reference` mean gradient (the explicit score-matching direction): SNR says how noisy an estimator
     is, the cosine whether it points the right way (a biased estimator can be precise and wrong)."""
@@ -218,7 +218,7 @@ def part3(args, force_apply, theta_dsm_warm):
         return jnp.sum((force_apply(p, x[None])[0] - score(x)) ** 2)
 
     dsm_grads = jax.jit(jax.vmap(jax.grad(dsm_one), in_axes=(None, 0, 0, None)))
-    esm_snr, esm_mean = _snr(jax.jit(jax.vmap(jax.grad(esm_one), in_axes=(None, 0)))(theta, x0))
+    esm_snr, esm_mean = snr_and_cosine(jax.jit(jax.vmap(jax.grad(esm_one), in_axes=(None, 0)))(theta, x0))
     hsm_grads = jax.jit(jax.vmap(jax.grad(hsm_one), in_axes=(None, None, 0, 0, None, None)), static_argnums=5)
     fit_v = functools.partial(hsm.hsm_loss, force_apply=force_apply, velocity_apply=apply_v)
 
@@ -233,39 +233,23 @@ def part3(args, force_apply, theta_dsm_warm):
                              args.lr, 30, opt, **run)
         phi = params["velocity"]
         row = {"sigma": sigma, "esm": esm_snr}
-        row["dsm"], row["dsm_cos"] = _snr(dsm_grads(theta, keys, x0, jnp.asarray(sigma)), esm_mean)
-        row["hsm_learned_v"], row["hsm_learned_v_cos"] = _snr(hsm_grads(theta, phi, keys, x0, problem, False), esm_mean)
-        row["hsm_oracle_v"], row["hsm_oracle_v_cos"] = _snr(hsm_grads(theta, phi, keys, x0, problem, True), esm_mean)
+        row["dsm"], row["dsm_cos"] = snr_and_cosine(dsm_grads(theta, keys, x0, jnp.asarray(sigma)), esm_mean)
+        for name, oracle in (("hsm_learned_v", False), ("hsm_oracle_v", True)):
+            row[name], row[name + "_cos"] = snr_and_cosine(hsm_grads(theta, phi, keys, x0, problem, oracle), esm_mean)
         rows.append(row)
         print(f"  sigma={sigma:g}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "sigma"), flush=True)
     return rows
 
 
 def plot(rows, path, n_samples=None):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    sig = [r["sigma"] for r in rows]
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for key, label in [("dsm", "DSM"), ("hsm_learned_v", "HSM, learned V"), ("hsm_oracle_v", "HSM, oracle V")]:
-        ax.plot(sig, [max(r[key], 1e-6) for r in rows], "o-", label=label)
-    ax.axhline(max(rows[0]["esm"], 1e-6), color="gray", ls="--", label="explicit SM (no noise)")
+    labels = {"dsm": "DSM", "hsm_learned_v": "HSM, learned V", "hsm_oracle_v": "HSM, oracle V"}
+    series = {label: [max(r[key], 1e-6) for r in rows] for key, label in labels.items()}
+    hlines = {"explicit SM (no noise)": (max(rows[0]["esm"], 1e-6), "--")}
     if n_samples:
-        ax.axhline(1.0 / n_samples, color="gray", ls=":", label="noise floor 1/N")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xticks(sig, [f"{v:g}" for v in sig])
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("noise level sigma (HSM: horizon T)")
-    ax.set_ylabel("single-example gradient SNR")
-    ax.set_title("Gradient SNR on a 2-D Gaussian mixture")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        hlines["noise floor 1/N"] = (1.0 / n_samples, ":")
+    plots.curves([r["sigma"] for r in rows], series, path, xlabel="noise level sigma (HSM: horizon T)",
+                 ylabel="single-example gradient SNR", title="Gradient SNR on a 2-D Gaussian mixture", logy=True,
+                 hlines=hlines, xticks=True)
 
 
 def markdown(res):

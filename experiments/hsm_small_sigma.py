@@ -32,22 +32,9 @@ import optax
 from experiments import common
 
 # The mixture, data and networks of experiments/hsm_gmm.py: the same setting, measured further.
-from experiments.hsm_gmm import make_net, sample_data, score
+from experiments.hsm_gmm import make_net, sample_data, score, snr_and_cosine
 from fm_jax import hsm
 from fm_jax.training import init_train_state, make_train_loop
-
-
-def snr_and_cosine(grads, reference):
-    """Single-example SNR (||mean||^2 - tr Cov / N) / tr Cov of per-example gradients (leading axis N), and the
-    cosine of their mean with `reference` (a flat vector)."""
-    flat = jnp.concatenate([g.reshape(g.shape[0], -1) for g in jax.tree_util.tree_leaves(grads)], axis=1)
-    n = flat.shape[0]
-    mean = jnp.mean(flat, 0)
-    trace = jnp.sum(jnp.var(flat, 0, ddof=1))
-    snr = (jnp.sum(mean**2) - trace / n) / trace
-    if reference is None:
-        return float(snr), mean
-    return float(snr), float(jnp.dot(mean, reference) / (jnp.linalg.norm(mean) * jnp.linalg.norm(reference)))
 
 
 def parse_variant(text):
