@@ -2,6 +2,9 @@
 
     python -m experiments.form_fair --config experiments/configs/form_fair.py --config.seeds=3
 
+Training runs on the shared skeleton (`common.train_seeds`: all seeds at once, checkpointed under
+`<workdir>/runs/<dataset>_<setting>_<method>`, resumed on relaunch; finished runs are restored, not retrained).
+
 The paper's particle benchmarks (and `experiments/form_paper.py`'s corrected variant) favour ForM by
 construction: its sampler is the data generator, its model class (force magnitudes as functions of the step)
 contains the true forces, and it alone is handed each test point's true initial velocity. Here:

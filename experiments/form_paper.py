@@ -2,6 +2,9 @@
 
     python -m experiments.form_paper --config experiments/configs/form_paper.py --workdir results/form_paper
 
+Each (variant, dataset, method) trains all seeds at once on the shared skeleton (`common.train_seeds`:
+`fm_jax.training.fit`, an Orbax checkpoint every `checkpoint_every` steps under `<workdir>/runs/`); relaunching
+the same command resumes, and finished runs are restored, not retrained (`--start_fresh` starts over).
 Writes `form_paper.md` and `form_paper.csv` (mean ± std over seeds of the mean paired end-point L2, raw, in the
 paper's unit raw / 3e7 = c x dt, and in units of c, next to the paper's figures) and `form_trajectories.png`.
 

@@ -18,6 +18,9 @@ Three parts (papers.md §3.3):
    the small-time oracle V(x, tau) = tau (F(x) - grad log pi(x)); explicit score matching (the noise-free
    gradient of E||F - grad log pi||^2) is the reference.
 
+Every training run (HSM alternating and simultaneous, DSM, the warm-up, each SNR predictor) goes through
+`common.fit_steps` (`fm_jax.training.fit`), checkpointed under `<workdir>/runs/<name>`: a relaunch resumes, and
+finished runs are restored instead of retrained.
 Writes `hsm_gmm.md` (tables), `hsm_gmm.json`, and `snr.png` under `--workdir`.
 """
 
@@ -194,32 +197,44 @@ def snr_and_cosine(grads, reference=None):
     return snr, float(jnp.dot(mean, reference) / (jnp.linalg.norm(mean) * jnp.linalg.norm(reference)))
 
 
-def part3(args, force_apply, theta_dsm_warm):
-    apply_v, phi0 = make_net(3, args.hidden, args.depth)
-    theta = theta_dsm_warm
-    n = args.snr_samples
+def per_example_gradients(force_apply, n):
+    """The SNR measurement: n points x0 ~ pi and n keys, and jitted per-example gradients (leading axis n) with
+    respect to the force parameters theta: `esm(theta)` of ||F - grad log pi||^2 (explicit score matching),
+    `dsm(theta, sigma)` of DSM, `hsm(theta, velocity_apply, phi, problem, oracle)` of the HSM objective with the
+    predictor `velocity_apply(phi, .)` or, with `oracle`, the small-time oracle. Returns (x0, esm, dsm, hsm)."""
     x0 = sample_data(jax.random.key(21), n)
     keys = jax.random.split(jax.random.key(22), n)
-
-    def dsm_one(p, key, x, sigma):
-        return hsm.denoising_score_matching_loss(p, key, x[None], sigma, score_apply=force_apply)[0]
-
-    def hsm_one(p, phi, key, x, problem, oracle):
-        tau, xt, vt = hsm.simulate(p, key, x[None], problem, force_apply=force_apply)
-        if oracle:
-            # tau (F - grad log pi) with the force held fixed: the small-time HVP of the current force.
-            f_fixed = force_apply(jax.lax.stop_gradient(p), xt)
-            pred = tau[:, None] * (f_fixed - jax.vmap(score)(xt))
-        else:
-            pred = apply_v(phi, xt, tau / problem.tau_max)
-        return jnp.sum(vt**2) - jnp.sum((vt - pred) ** 2)
 
     def esm_one(p, x):
         return jnp.sum((force_apply(p, x[None])[0] - score(x)) ** 2)
 
-    dsm_grads = jax.jit(jax.vmap(jax.grad(dsm_one), in_axes=(None, 0, 0, None)))
-    esm_snr, esm_mean = snr_and_cosine(jax.jit(jax.vmap(jax.grad(esm_one), in_axes=(None, 0)))(theta, x0))
-    hsm_grads = jax.jit(jax.vmap(jax.grad(hsm_one), in_axes=(None, None, 0, 0, None, None)), static_argnums=5)
+    def dsm_one(p, key, x, sigma):
+        return hsm.denoising_score_matching_loss(p, key, x[None], sigma, score_apply=force_apply)[0]
+
+    def hsm_one(p, velocity_apply, phi, key, x, problem, oracle):
+        tau, xt, vt = hsm.simulate(p, key, x[None], problem, force_apply=force_apply)
+        if oracle:
+            # tau (F - grad log pi) with the force held fixed: the small-time HVP of the current force.
+            pred = tau[:, None] * (force_apply(jax.lax.stop_gradient(p), xt) - jax.vmap(score)(xt))
+        else:
+            pred = velocity_apply(phi, xt, tau / problem.tau_max)
+        return jnp.sum(vt**2) - jnp.sum((vt - pred) ** 2)
+
+    esm = jax.jit(lambda p: jax.vmap(jax.grad(esm_one), in_axes=(None, 0))(p, x0))
+    dsm = jax.jit(lambda p, sigma: jax.vmap(jax.grad(dsm_one), in_axes=(None, 0, 0, None))(p, keys, x0, sigma))
+    hsm_grads = jax.jit(jax.vmap(jax.grad(hsm_one), in_axes=(None, None, None, 0, 0, None, None)), static_argnums=6)
+
+    def hsm_fn(theta, velocity_apply, phi, problem, oracle: bool):
+        return hsm_grads(theta, velocity_apply, phi, keys, x0, problem, oracle)
+
+    return x0, esm, dsm, hsm_fn
+
+
+def part3(args, force_apply, theta_dsm_warm):
+    apply_v, phi0 = make_net(3, args.hidden, args.depth)
+    theta = theta_dsm_warm
+    _, esm, dsm, hsm_grads = per_example_gradients(force_apply, args.snr_samples)
+    esm_snr, esm_mean = snr_and_cosine(esm(theta))
     fit_v = functools.partial(hsm.hsm_loss, force_apply=force_apply, velocity_apply=apply_v)
 
     rows = []
@@ -233,9 +248,9 @@ def part3(args, force_apply, theta_dsm_warm):
                              args.lr, 30, opt, **run)
         phi = params["velocity"]
         row = {"sigma": sigma, "esm": esm_snr}
-        row["dsm"], row["dsm_cos"] = snr_and_cosine(dsm_grads(theta, keys, x0, jnp.asarray(sigma)), esm_mean)
+        row["dsm"], row["dsm_cos"] = snr_and_cosine(dsm(theta, jnp.asarray(sigma)), esm_mean)
         for name, oracle in (("hsm_learned_v", False), ("hsm_oracle_v", True)):
-            row[name], row[name + "_cos"] = snr_and_cosine(hsm_grads(theta, phi, keys, x0, problem, oracle), esm_mean)
+            row[name], row[name + "_cos"] = snr_and_cosine(hsm_grads(theta, apply_v, phi, problem, oracle), esm_mean)
         rows.append(row)
         print(f"  sigma={sigma:g}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "sigma"), flush=True)
     return rows

@@ -12,7 +12,9 @@ parameterisation, the number of steps and schedule, the width, the batch). For e
 * the single-example SNR of the per-example HSM gradients and the cosine of their mean with the explicit
   score-matching gradient (the direction HSM should follow),
 
-next to DSM and HSM with the oracle predictor. Why the predictor matters (derived in docs/paper_fidelity.md):
+next to DSM and HSM with the oracle predictor. Each predictor fit runs on `common.fit_steps`, checkpointed under
+`<workdir>/runs/sigma<sigma>_<variant>` (a relaunch resumes; finished fits are restored).
+Why the predictor matters (derived in docs/paper_fidelity.md):
 at small tau the theta-gradient of J = E[2 v.V - ||V||^2] is 2 tau^2 E[dF/dtheta (F - grad log pi)] with the
 oracle, and an error e(x) in V adds the bias 2 tau E[dF/dtheta e]: the cosine collapses once |e| ~ tau |F - score|,
 i.e. once the predictor's relative error reaches ~1.
@@ -32,7 +34,7 @@ import optax
 from experiments import common
 
 # The mixture, data and networks of experiments/hsm_gmm.py: the same setting, measured further.
-from experiments.hsm_gmm import make_net, sample_data, score, snr_and_cosine
+from experiments.hsm_gmm import make_net, per_example_gradients, sample_data, score, snr_and_cosine
 from fm_jax import hsm
 from fm_jax.training import init_train_state, make_train_loop
 
@@ -79,30 +81,8 @@ def fit_predictor(force_apply, theta, problem, variant, cfg, key, workdir=None):
 def run(cfg, workdir=None):
     force_net, theta = make_net(0, cfg.hidden, cfg.depth)
     force_apply = lambda p, x: force_net(p, x, 0.0)  # noqa: E731  (a position-only force)
-    n = cfg.snr_samples
-    x0 = sample_data(jax.random.key(21), n)
-    keys = jax.random.split(jax.random.key(22), n)
-
-    def esm_one(p, x):
-        return jnp.sum((force_apply(p, x[None])[0] - score(x)) ** 2)
-
-    _, esm_mean = snr_and_cosine(jax.jit(jax.vmap(jax.grad(esm_one), in_axes=(None, 0)))(theta, x0), None)
-
-    def dsm_one(p, key, x, sigma):
-        return hsm.denoising_score_matching_loss(p, key, x[None], sigma, score_apply=force_apply)[0]
-
-    dsm_grads = jax.jit(jax.vmap(jax.grad(dsm_one), in_axes=(None, 0, 0, None)))
-
-    def hsm_grads(velocity_apply, phi, problem, oracle):
-        def one(p, key, x):
-            tau, xt, vt = hsm.simulate(p, key, x[None], problem, force_apply=force_apply)
-            if oracle:
-                pred = tau[:, None] * (force_apply(jax.lax.stop_gradient(p), xt) - jax.vmap(score)(xt))
-            else:
-                pred = velocity_apply(phi, xt, tau / problem.tau_max)
-            return jnp.sum(vt**2) - jnp.sum((vt - pred) ** 2)
-
-        return jax.jit(jax.vmap(jax.grad(one), in_axes=(None, 0, 0)))(theta, keys, x0)
+    x0, esm, dsm_grads, hsm_grads = per_example_gradients(force_apply, cfg.snr_samples)
+    _, esm_mean = snr_and_cosine(esm(theta), None)
 
     def predictor_error(velocity_apply, phi, problem):
         tau, xt, _ = hsm.simulate(theta, jax.random.key(23), x0, problem, force_apply=force_apply)
@@ -115,14 +95,14 @@ def run(cfg, workdir=None):
     for sigma in [float(s) for s in cfg.sigmas.split(",")]:
         problem = hsm.HamiltonianScoreMatching(tau_max=sigma, n_steps=cfg.hsm_steps)
         row = {"sigma": sigma}
-        row["dsm"] = snr_and_cosine(dsm_grads(theta, keys, x0, jnp.asarray(sigma)), esm_mean)
-        row["oracle"] = snr_and_cosine(hsm_grads(None, None, problem, True), esm_mean)
+        row["dsm"] = snr_and_cosine(dsm_grads(theta, jnp.asarray(sigma)), esm_mean)
+        row["oracle"] = snr_and_cosine(hsm_grads(theta, None, None, problem, True), esm_mean)
         for variant in variants:
             start = time.perf_counter()
             velocity_apply, phi, final = fit_predictor(force_apply, theta, problem, variant, cfg,
                                                        jax.random.key(30 + cfg.seed), workdir)
             err = predictor_error(velocity_apply, phi, problem)
-            snr, cos = snr_and_cosine(hsm_grads(velocity_apply, phi, problem, False), esm_mean)
+            snr, cos = snr_and_cosine(hsm_grads(theta, velocity_apply, phi, problem, False), esm_mean)
             row[variant["name"]] = (snr, cos, err)
             print(f"sigma={sigma:g} {variant['name']}: SNR {snr:.3g}, cos {cos:.2f}, predictor rel. error {err:.3g} "
                   f"(final mse {final:.4f}; {time.perf_counter() - start:.1f} s)", flush=True)
