@@ -228,8 +228,8 @@ def fit_steps(state, make_advance: Callable[[int], Callable], num_steps: int, *,
 
     require(isinstance(steps_per_call, int) and steps_per_call >= 1,
             f"steps per call must be a positive integer, got {steps_per_call!r}")
-    checkpoint_every = checkpoint_every or steps_per_call
-    require(isinstance(checkpoint_every, int) and checkpoint_every % steps_per_call == 0,
+    checkpoint_every = steps_per_call if checkpoint_every is None else checkpoint_every
+    require(isinstance(checkpoint_every, int) and checkpoint_every >= 1 and checkpoint_every % steps_per_call == 0,
             f"checkpoint_every must be a positive multiple of {steps_per_call} (the steps of one call), got "
             f"{checkpoint_every!r}")
     if workdir is None:
