@@ -111,30 +111,28 @@ def jax_train(quick: bool) -> tuple[dict, dict]:
     state, m = compiled(state, batch, path)
     m["loss"].block_until_ready()
 
-    def run_single():
-        nonlocal state
-        start = time.perf_counter()
-        for _ in range(n):
-            state, m = compiled(state, batch, path)
-        m["loss"].block_until_ready()
-        return n / (time.perf_counter() - start)
-
     k = 100
     batches = fj.data.toy.half_moons(jax.random.key(2), k * BATCH).reshape(k, BATCH, 2)
     scan = fj.training.make_scan_train_step(loss_fn, opt)
     state, m = scan(state, batches, path)
     m["loss"].block_until_ready()
-    calls = 2 if quick else 5
 
-    def run_scan():
-        nonlocal state
-        start = time.perf_counter()
-        for _ in range(calls):
-            state, m = scan(state, batches, path)
-        m["loss"].block_until_ready()
-        return calls * k / (time.perf_counter() - start)
+    def rate(advance, calls: int, steps_per_call: int):
+        """A timer of `calls` calls of `advance(state)`: steps per second."""
 
-    return {"compile_seconds": compile_seconds, "flops_per_step": flops}, {"jax": run_single, "jax_scan": run_scan}
+        def run():
+            nonlocal state
+            start = time.perf_counter()
+            for _ in range(calls):
+                state, m = advance(state)
+            m["loss"].block_until_ready()
+            return calls * steps_per_call / (time.perf_counter() - start)
+
+        return run
+
+    single = rate(lambda s: compiled(s, batch, path), n, 1)
+    scanned = rate(lambda s: scan(s, batches, path), 2 if quick else 5, k)
+    return {"compile_seconds": compile_seconds, "flops_per_step": flops}, {"jax": single, "jax_scan": scanned}
 
 
 def jax_sampling(quick: bool) -> dict:

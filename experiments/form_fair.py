@@ -2,6 +2,9 @@
 
     python -m experiments.form_fair --config experiments/configs/form_fair.py --config.seeds=3
 
+Training runs on the shared skeleton (`common.train_seeds`: all seeds at once, checkpointed under
+`<workdir>/runs/<dataset>_<setting>_<method>`, resumed on relaunch; finished runs are restored, not retrained).
+
 The paper's particle benchmarks (and `experiments/form_paper.py`'s corrected variant) favour ForM by
 construction: its sampler is the data generator, its model class (force magnitudes as functions of the step)
 contains the true forces, and it alone is handed each test point's true initial velocity. Here:
@@ -38,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments import common
 from fm_jax import relativistic as rel
 from fm_jax.data import relativistic_sims as sims
 
@@ -218,34 +222,60 @@ def make_data(key, dataset: str, cfg):
     return train, test
 
 
-@functools.partial(jax.jit, static_argnames=("dataset", "method", "with_v0", "cfg_items"))
-def run_seed(key, *, dataset: str, method: str, with_v0: bool, cfg_items: tuple):
-    """Simulate, train one method, sample the test set. Returns (mean L2 in units of c dt, final loss)."""
-    cfg = dict(cfg_items)
-    cfg_ns = type("Cfg", (), cfg)
-    train, test = make_data(key, dataset, cfg_ns)
-    init, loss, sample = make_method(method, with_v0, cfg["hidden"], cfg["depth"])
-    params = init(jax.random.fold_in(key, 7))
-    sched = optax.cosine_decay_schedule(cfg["lr"], cfg["iters"], alpha=cfg["final_lr_fraction"])
-    opt = optax.adam(sched)
-
-    def body(carry, _):
-        params, state = carry
-        value, grads = jax.value_and_grad(loss)(params, train)
-        updates, state = opt.update(grads, state, params)
-        return (optax.apply_updates(params, updates), state), value
-
-    (params, _), losses = jax.lax.scan(body, (params, opt.init(params)), None, length=cfg["iters"])
-    x1 = sample(params, test.x0, test.v0)
-    err = jnp.linalg.norm(x1 - test.x1, axis=-1)
-    return jnp.mean(jnp.where(jnp.isfinite(err), err, jnp.inf)) / UNIT, losses[-1]
+def _optimizer(cfg):
+    return optax.adam(optax.cosine_decay_schedule(cfg["lr"], cfg["iters"], alpha=cfg["final_lr_fraction"]))
 
 
 @functools.partial(jax.jit, static_argnames=("dataset", "cfg_items"))
-def reference_rows(key, *, dataset: str, cfg_items: tuple):
-    """Untrained references on the same test sets (units of c dt)."""
-    cfg_ns = type("Cfg", (), dict(cfg_items))
-    _, test = make_data(key, dataset, cfg_ns)
+def simulate(keys, *, dataset: str, cfg_items: tuple):
+    """(train, test) of each seed key (leading axis S): noisy training and clean test trajectories."""
+    return jax.vmap(lambda key: make_data(key, dataset, type("Cfg", (), dict(cfg_items))))(keys)
+
+
+@functools.partial(jax.jit, static_argnames=("method", "with_v0", "cfg_items"))
+def init_states(keys, *, method: str, with_v0: bool, cfg_items: tuple):
+    """The initial `TrainState`s of `method` for each seed key (network init from fold_in(key, 7))."""
+    cfg = dict(cfg_items)
+    init = make_method(method, with_v0, cfg["hidden"], cfg["depth"])[0]
+    inits = jax.vmap(lambda key: jax.random.fold_in(key, 7))(keys)
+    return common.init_seed_states(init, inits, keys, _optimizer(cfg))
+
+
+@functools.partial(jax.jit, static_argnames=("method", "with_v0", "hidden", "depth"))
+def _l2(params, test, *, method: str, with_v0: bool, hidden: int, depth: int):
+    sample = make_method(method, with_v0, hidden, depth)[2]
+
+    def one(params, test):
+        err = jnp.linalg.norm(sample(params, test.x0, test.v0) - test.x1, axis=-1)
+        return jnp.mean(jnp.where(jnp.isfinite(err), err, jnp.inf)) / UNIT
+
+    return jax.vmap(one)(params, test)
+
+
+def run_seeds(keys, *, dataset: str, method: str, with_v0: bool, cfg_items: tuple, workdir: str | None = None,
+              steps_per_call: int = 1000, data=None):
+    """Train one method for every seed key on its data (`data` = `simulate(keys, ...)`, simulated here if None)
+    on the shared skeleton (checkpointed under `<workdir>/runs/` and resumed when a workdir is given), and
+    sample the test sets.
+
+    Returns (mean L2 per seed in units of c dt (S,), mean loss of the last call)."""
+    cfg = dict(cfg_items)
+    train, test = simulate(keys, dataset=dataset, cfg_items=cfg_items) if data is None else data
+    state = init_states(keys, method=method, with_v0=with_v0, cfg_items=cfg_items)
+    loss = make_method(method, with_v0, cfg["hidden"], cfg["depth"])[1]
+    setting = "with_v0" if with_v0 else "without_v0"
+    run = {**cfg, "dataset": dataset, "method": method, "setting": setting,
+           "keys": np.asarray(jax.random.key_data(keys)).tolist()}
+    state, row = common.train_seeds(state, lambda params, key, data: loss(params, data), _optimizer(cfg), train,
+                                    cfg["iters"], steps_per_call=steps_per_call, workdir=workdir,
+                                    name=f"{dataset}_{setting}_{method}", config=run)
+    l2 = _l2(state.params, test, method=method, with_v0=with_v0, hidden=cfg["hidden"], depth=cfg["depth"])
+    return l2, row.get("loss", float("nan"))
+
+
+@jax.jit
+def reference_rows(test: sims.Trajectories):
+    """Untrained references on one seed's test set (units of c dt)."""
 
     def exact_force_rollout(v0):
         def step(carry, _):
@@ -290,7 +320,8 @@ def run(cfg, out: str | None = None):
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(cfg.seed), i))(jnp.arange(cfg.seeds))
     rows = []
     for dataset in cfg.datasets.split(","):
-        refs = jax.vmap(functools.partial(reference_rows, dataset=dataset, cfg_items=items))(keys)
+        data = simulate(keys, dataset=dataset, cfg_items=items)
+        refs = jax.vmap(reference_rows)(data[1])
         for setting in cfg.settings.split(","):
             with_v0 = setting == "with_v0"
             if setting not in ("with_v0", "without_v0"):
@@ -304,8 +335,8 @@ def run(cfg, out: str | None = None):
                 _append_row(out, rows[-1])
             for method in cfg.methods.split(","):
                 start = time.perf_counter()
-                fn = functools.partial(run_seed, dataset=dataset, method=method, with_v0=with_v0, cfg_items=items)
-                l2, final = jax.vmap(fn)(keys)
+                l2, final = run_seeds(keys, dataset=dataset, method=method, with_v0=with_v0, cfg_items=items,
+                                      workdir=out, steps_per_call=cfg.checkpoint_every, data=data)
                 init = make_method(method, with_v0, cfg.hidden, cfg.depth)[0]
                 rows.append({"dataset": dataset, "setting": setting, "method": NAMES[method],
                              "params": n_params(init(jax.random.key(0))), "l2": _fmt(l2),
@@ -349,6 +380,4 @@ def main(cfg, workdir: str):
 
 
 if __name__ == "__main__":
-    from experiments import common
-
     common.run(main, "experiments/configs/form_fair.py", "results/form_fair")

@@ -2,6 +2,9 @@
 
     python -m experiments.form_paper --config experiments/configs/form_paper.py --workdir results/form_paper
 
+Each (variant, dataset, method) trains all seeds at once on the shared skeleton (`common.train_seeds`:
+`fm_jax.training.fit`, an Orbax checkpoint every `checkpoint_every` steps under `<workdir>/runs/`); relaunching
+the same command resumes, and finished runs are restored, not retrained (`--start_fresh` starts over).
 Writes `form_paper.md` and `form_paper.csv` (mean ± std over seeds of the mean paired end-point L2, raw, in the
 paper's unit raw / 3e7 = c x dt, and in units of c, next to the paper's figures) and `form_trajectories.png`.
 
@@ -33,7 +36,6 @@ method (docs/paper_fidelity.md).
 
 from __future__ import annotations
 
-import csv
 import functools
 import math
 import os
@@ -44,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import common
+from experiments import common, plots, tables
 from fm_jax import relativistic as rel
 from fm_jax.data import relativistic_sims as sims
 
@@ -243,36 +245,73 @@ def step_normalisation(train: sims.Trajectories):
     return jnp.mean(pos, axis=0), jnp.std(pos, axis=0) + 1e-6 * sims.C_LIGHT
 
 
-@functools.partial(jax.jit, static_argnames=("dataset", "method", "as_published", "iters"))
-def run_seed(key, *, dataset: str, method: str, as_published: bool, iters: int):
-    """Simulate train/test sets, train `method`, sample the test set. Returns (L2 per test point, trajectories)."""
-    n_train, n_test = sims.SIZES[dataset]
-    k_train, k_test, k_init, k_fit = jax.random.split(key, 4)
-    train = sims.make_dataset(dataset, k_train, n_train, as_published=as_published)
-    test = sims.make_dataset(dataset, k_test, n_test, as_published=as_published)
-    norm = step_normalisation(train)
-    init, loss, sample = METHOD_FACTORIES[method](as_published)
-    params = init(k_init)
-    opt = optax.adam(LR)
-
-    def body(carry, i):
-        params, opt_state = carry
-        value, grads = jax.value_and_grad(loss)(params, jax.random.fold_in(k_fit, i), train, norm)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), value
-
-    (params, _), losses = jax.lax.scan(body, (params, opt.init(params)), jnp.arange(iters))
-    traj = sample(params, test, norm)
-    l2 = jnp.linalg.norm(traj[:, -1] - test.x1, axis=-1)
-    return l2, traj, test.positions, losses[-1]
-
-
 @functools.partial(jax.jit, static_argnames=("dataset", "as_published"))
-def reference_rows(key, *, dataset: str, as_published: bool):
-    """L2 of the untrained references on the test set: ForM/O1/O1+O2 fed exact quantities, and no motion."""
-    _, n_test = sims.SIZES[dataset]
-    _, k_test, _, _ = jax.random.split(key, 4)
-    test = sims.make_dataset(dataset, k_test, n_test, as_published=as_published)
+def simulate(keys, *, dataset: str, as_published: bool):
+    """(train, test, norm) of each seed key (leading axis S): the simulated sets and the training positions'
+    per-step normalisation. Seed key k splits into (train data, test data, network init, training steps)."""
+    n_train, n_test = sims.SIZES[dataset]
+
+    def one(key):
+        k_train, k_test, _, _ = jax.random.split(key, 4)
+        train = sims.make_dataset(dataset, k_train, n_train, as_published=as_published)
+        test = sims.make_dataset(dataset, k_test, n_test, as_published=as_published)
+        return train, test, step_normalisation(train)
+
+    return jax.vmap(one)(keys)
+
+
+@functools.partial(jax.jit, static_argnames=("method", "as_published"))
+def _sample(params, test, norm, *, method: str, as_published: bool):
+    sample = METHOD_FACTORIES[method](as_published)[2]
+
+    def one(params, test, norm):
+        traj = sample(params, test, norm)
+        return jnp.linalg.norm(traj[:, -1] - test.x1, axis=-1), traj
+
+    return jax.vmap(one)(params, test, norm)
+
+
+@functools.partial(jax.jit, static_argnames=("method", "as_published"))
+def init_states(keys, *, method: str, as_published: bool):
+    """The initial `TrainState`s of `method` for each seed key (network init and step keys from its split)."""
+    parts = jax.vmap(lambda k: jax.random.split(k, 4))(keys)
+    init = METHOD_FACTORIES[method](as_published)[0]
+    return common.init_seed_states(init, parts[:, 2], parts[:, 3], optax.adam(LR))
+
+
+@functools.partial(jax.jit, static_argnames=("dataset", "method", "as_published"))
+def prepare(keys, *, dataset: str, method: str, as_published: bool):
+    """`simulate` and `init_states` in one compiled program (one compilation fewer for a single run)."""
+    return simulate(keys, dataset=dataset, as_published=as_published), init_states(keys, method=method,
+                                                                                   as_published=as_published)
+
+
+def run_seeds(keys, *, dataset: str, method: str, as_published: bool, iters: int, workdir: str | None = None,
+              steps_per_call: int = 1000, data=None):
+    """Train `method` on each seed's simulated data (`data` = `simulate(keys, ...)`, simulated here if None) on the
+    shared skeleton (all seeds in one compiled step; with a `workdir`, checkpointed under
+    `runs/<variant>_<dataset>_<method>` and resumed), and sample the test sets.
+
+    Returns (L2 per test point (S, n), trajectories (S, n, K+1, 2), true positions, mean loss of the last call).
+    """
+    if data is None:
+        (train, test, norm), state = prepare(keys, dataset=dataset, method=method, as_published=as_published)
+    else:
+        (train, test, norm), state = data, init_states(keys, method=method, as_published=as_published)
+    variant = "as_published" if as_published else "corrected"
+    run = {"variant": variant, "dataset": dataset, "method": method, "iters": iters,
+           "keys": np.asarray(jax.random.key_data(keys)).tolist()}
+    loss = METHOD_FACTORIES[method](as_published)[1]
+    state, row = common.train_seeds(state, lambda params, key, data: loss(params, key, *data), optax.adam(LR),
+                                    (train, norm), iters, steps_per_call=steps_per_call, workdir=workdir,
+                                    name=f"{variant}_{dataset}_{method}", config=run)
+    l2, traj = _sample(state.params, test, norm, method=method, as_published=as_published)
+    return l2, traj, test.positions, row.get("loss", float("nan"))
+
+
+@functools.partial(jax.jit, static_argnames=("as_published",))
+def reference_rows(test: sims.Trajectories, *, as_published: bool):
+    """L2 of the untrained references on one test set: ForM/O1/O1+O2 fed exact quantities, and no motion."""
     n_v = test.velocities.shape[1]
     # Step k of every sampler uses index k; the as-published data has only 10 recorded states (index 0..9).
     ks = jnp.minimum(jnp.arange(N_STEPS), n_v - 1)
@@ -300,14 +339,16 @@ def _fmt(values, unit):
     return f"{v.mean():.4g} ± {v.std(ddof=1):.2g}"
 
 
-def run(out: str, seeds: int, budget: int, variants: list[str], datasets: list[str], methods: list[str]):
+def run(out: str, seeds: int, budget: int, variants: list[str], datasets: list[str], methods: list[str],
+        steps_per_call: int = 1000):
     os.makedirs(out, exist_ok=True)
     rows, trajectories = [], {}
     keys = jax.random.split(jax.random.key(2025), seeds)
     for variant in variants:
         as_pub = variant == "as_published"
         for dataset in datasets:
-            refs = jax.vmap(functools.partial(reference_rows, dataset=dataset, as_published=as_pub))(keys)
+            data = simulate(keys, dataset=dataset, as_published=as_pub)
+            refs = jax.vmap(functools.partial(reference_rows, as_published=as_pub))(data[1])
             for name, label in [("form", "ForM sampler, exact forces, published step count"),
                                 ("o1", "O1 sampler, exact v_k, published step count"),
                                 ("o12", "O1+O2 sampler, exact v_k, a_k, published step count"),
@@ -316,8 +357,9 @@ def run(out: str, seeds: int, budget: int, variants: list[str], datasets: list[s
             for method in methods:
                 iters = iterations(method, dataset, as_pub, budget)
                 start = time.perf_counter()
-                fn = functools.partial(run_seed, dataset=dataset, method=method, as_published=as_pub, iters=iters)
-                l2, traj, true_traj, final_loss = jax.vmap(fn)(keys)
+                l2, traj, true_traj, last_loss = run_seeds(keys, dataset=dataset, method=method, as_published=as_pub,
+                                                           iters=iters, workdir=out, steps_per_call=steps_per_call,
+                                                           data=data)
                 per_seed = np.asarray(jnp.mean(l2, axis=1))
                 nan = int(np.sum(~np.isfinite(np.asarray(l2))))
                 paper = PAPER.get((dataset, method))
@@ -325,8 +367,7 @@ def run(out: str, seeds: int, budget: int, variants: list[str], datasets: list[s
                                  nan))
                 trajectories[(variant, dataset, method)] = (np.asarray(traj[0]), np.asarray(true_traj[0]))
                 print(f"{variant:>12s} {dataset:>9s} {method:>4s}: {_fmt(per_seed, PAPER_UNIT)} paper units "
-                      f"(paper {paper}); final loss {np.asarray(final_loss).mean():.3g}; "
-                      f"{time.perf_counter() - start:.1f} s", flush=True)
+                      f"(paper {paper}); loss {last_loss:.3g}; {time.perf_counter() - start:.1f} s", flush=True)
     md, csv_path = write_table(rows, out, seeds, budget)
     png = plot_trajectories(trajectories, out)
     return rows, md, csv_path, png
@@ -342,12 +383,6 @@ def _row(variant, dataset, method, per_seed, paper, iters, nan=0):
 def write_table(rows, out, seeds, budget):
     cols = ["variant", "dataset", "method", "iters", "raw", "paper_unit", "units_of_c", "paper", "nonfinite",
             "per_seed_paper_unit"]
-    csv_path = os.path.join(out, "form_paper.csv")
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-    md = os.path.join(out, "form_paper.md")
     head = ["dataset", "method", "iters", "L2 raw", "L2 / 3e7 (paper unit)", "L2 / c", "paper", "non-finite"]
     lines = [f"# ForM particle experiments: mean paired end-point L2, mean ± std over {seeds} seeds", "",
              f"Adam lr {LR}; paper unit = raw / (c dt) = raw / 3e7; 'paper' = the published table (same unit).",
@@ -356,27 +391,16 @@ def write_table(rows, out, seeds, budget):
               "corrected": f"Corrected (consistent 10-step data and samplers, fixed O1 indexing, tanh networks, "
                            f"{budget} iterations for every method)"}
     for variant in dict.fromkeys(r["variant"] for r in rows):
-        lines += ["", f"## {titles.get(variant, variant)}", "", "| " + " | ".join(head) + " |",
-                  "|" + "---|" * len(head)]
-        for r in rows:
-            if r["variant"] == variant:
-                lines.append("| " + " | ".join(str(r[c]) for c in cols[1:-1]) + " |")
-    with open(md, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return md, csv_path
+        cells = [dict(zip(head, (r[c] for c in cols[1:-1]))) for r in rows if r["variant"] == variant]
+        lines += ["", f"## {titles.get(variant, variant)}", "", tables.markdown(cells, head).rstrip("\n")]
+    return tables.write(rows, out, "form_paper", cols, markdown_text="\n".join(lines) + "\n")
 
 
 def plot_trajectories(trajectories, out, num=25):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     variants = sorted({k[0] for k in trajectories}, reverse=True)
     datasets = list(dict.fromkeys(k[1] for k in trajectories))
     methods = list(dict.fromkeys(k[2] for k in trajectories))
-    fig, axes = plt.subplots(len(variants) * len(datasets), len(methods),
-                             figsize=(3.2 * len(methods), 3.0 * len(variants) * len(datasets)), squeeze=False)
+    fig, axes = plots.axes_grid(len(variants) * len(datasets), len(methods), (3.2, 3.0))
     for i, (variant, dataset) in enumerate((v, d) for v in variants for d in datasets):
         for j, method in enumerate(methods):
             ax = axes[i, j]
@@ -393,10 +417,8 @@ def plot_trajectories(trajectories, out, num=25):
             ax.set_title(f"{dataset} · {METHOD_NAMES[method].split(' (')[0]}\n({variant})", fontsize=8)
             ax.tick_params(labelsize=6)
     fig.suptitle("grey: simulated; red: generated; black: true end points (units of c · 1 s)", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.985))
     path = os.path.join(out, "form_trajectories.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save(fig, path, dpi=110, top=0.985)
     return path
 
 
@@ -409,7 +431,7 @@ def main(config, workdir: str):
         if unknown:
             raise common.ConfigError(f"{name}: unknown {unknown}; known: {', '.join(known)}")
     rows, md, csv_path, png = run(workdir, config.seeds, config.iters, list(config.variants), list(config.datasets),
-                                  list(config.methods))
+                                  list(config.methods), config.checkpoint_every)
     print(open(md).read())
     print(f"wrote {md}, {csv_path}, {png}")
 

@@ -18,6 +18,9 @@ Three parts (papers.md §3.3):
    the small-time oracle V(x, tau) = tau (F(x) - grad log pi(x)); explicit score matching (the noise-free
    gradient of E||F - grad log pi||^2) is the reference.
 
+Every training run (HSM alternating and simultaneous, DSM, the warm-up, each SNR predictor) goes through
+`common.fit_steps` (`fm_jax.training.fit`), checkpointed under `<workdir>/runs/<name>`: a relaunch resumes, and
+finished runs are restored instead of retrained.
 Writes `hsm_gmm.md` (tables), `hsm_gmm.json`, and `snr.png` under `--workdir`.
 """
 
@@ -34,7 +37,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from experiments import common
+from experiments import common, plots
 from fm_jax import hamiltonian as H
 from fm_jax import hsm
 from fm_jax.models import MLP, as_apply
@@ -73,19 +76,37 @@ def score_error(apply_f, params, x):
     return float(err), float(err / jnp.mean(jnp.sum(s**2, -1)))
 
 
-def train(loss_fn, params, problem, steps, batch, lr, seed, steps_per_call=100, opt=None):
-    """Run the project's scanned train step; returns the final parameters (raw, not EMA) and seconds."""
+# Sub-runs checkpoint under `<workdir>/runs/<name>` with the fields their training reads (compared on resume).
+TRAIN_FIELDS = ("steps", "batch", "lr", "hidden", "depth", "inner_steps", "velocity_lr", "hsm_T", "hsm_steps",
+                "dsm_sigma")
+STEPS_PER_CALL = 100  # one host-drawn batch stack (and one compiled scan) per 100 steps
+
+
+def _run(args, name, fields, **extra):
+    """`fit_steps` keyword arguments of sub-run `name`: its directory, its config (`fields` of args + `extra`)."""
+    config = {**{f: getattr(args, f) for f in fields}, **extra}
+    return {"workdir": args.out, "name": name, "config": config, "checkpoint_every": args.checkpoint_every}
+
+
+def train(loss_fn, params, problem, steps, batch, lr, seed, opt=None, **run):
+    """The project's scanned train step on the shared skeleton (`common.fit_steps`: 100 steps a call, data drawn
+    on the host from the call's first step; checkpointed and resumed with `run` = `_run(...)`); returns the final
+    parameters (raw, not EMA), seconds and the last call's mean metrics."""
     if opt is None:
         opt = make_optimizer(lr, warmup_steps=min(100, steps // 10), total_steps=steps, final_lr_fraction=0.1)
-    step = make_scan_train_step(loss_fn, opt, ema_decay=0.99)
-    state = init_train_state(jax.random.key(seed), params, opt)
+    scan = make_scan_train_step(loss_fn, opt, ema_decay=0.99)
+
+    def make_advance(k):
+        def advance(state):
+            x = sample_data(jax.random.fold_in(jax.random.key(seed + 1), int(state.step)), k * batch)
+            return scan(state, x.reshape(k, batch, 2), problem)
+
+        return advance
+
     start = time.perf_counter()
-    for i in range(0, steps, steps_per_call):
-        k = min(steps_per_call, steps - i)
-        batches = sample_data(jax.random.fold_in(jax.random.key(seed + 1), i), k * batch).reshape(k, batch, 2)
-        state, metrics = step(state, batches, problem)
-    jax.block_until_ready(state.params)
-    return state.params, time.perf_counter() - start, {k: float(v[-1]) for k, v in metrics.items()}
+    state, row = common.fit_steps(init_train_state(jax.random.key(seed), params, opt), make_advance, steps,
+                                  steps_per_call=STEPS_PER_CALL, **run)
+    return state.params, time.perf_counter() - start, row
 
 
 def train_alternating(force_apply, apply_v, theta, phi, problem, args, seed):
@@ -93,13 +114,23 @@ def train_alternating(force_apply, apply_v, theta, phi, problem, args, seed):
     f_opt = make_optimizer(args.lr, total_steps=args.steps, final_lr_fraction=0.05, clip_norm=None)
     v_opt = optax.adam(args.velocity_lr)
     step = hsm.make_hsm_alternating_step(force_apply, apply_v, f_opt, v_opt, inner_steps=args.inner_steps)
-    state = hsm.init_hsm_state(theta, phi, f_opt, v_opt)
+
+    def make_advance(k):
+        def advance(state):
+            metrics = []
+            for i in range(int(state.step), int(state.step) + k):
+                x0 = sample_data(jax.random.fold_in(jax.random.key(seed + 1), i), args.batch)
+                state, m = step(state, jax.random.fold_in(jax.random.key(seed), i), x0, problem)
+                metrics.append(m)
+            metrics = jax.tree_util.tree_map(lambda *v: jnp.stack(v), *metrics)
+            return state, {"loss": metrics["hsm"], **metrics}
+
+        return advance
+
     start = time.perf_counter()
-    for i in range(args.steps):
-        x0 = sample_data(jax.random.fold_in(jax.random.key(seed + 1), i), args.batch)
-        state, metrics = step(state, jax.random.fold_in(jax.random.key(seed), i), x0, problem)
-    jax.block_until_ready(state.force_params)
-    return state.force_params, time.perf_counter() - start, {k: float(v) for k, v in metrics.items()}
+    state, row = common.fit_steps(hsm.init_hsm_state(theta, phi, f_opt, v_opt), make_advance, args.steps,
+                                  steps_per_call=STEPS_PER_CALL, **_run(args, "hsm_alternating", TRAIN_FIELDS))
+    return state.force_params, time.perf_counter() - start, row
 
 
 def part1(args):
@@ -113,11 +144,11 @@ def part1(args):
     # which would let the noisy predictor gradient shrink the force step), the force at half the rate.
     force_opt = make_optimizer(0.5 * args.lr, total_steps=args.steps, final_lr_fraction=0.05, clip_norm=None)
     opt = hsm.hsm_optimizer(force_opt, optax.adam(args.velocity_lr))
-    theta_gda, sec_gda, m_gda = train(
-        hsm_fn, {"force": theta0, "velocity": phi0}, problem, args.steps, args.batch, args.lr, seed=10, opt=opt
-    )
+    theta_gda, sec_gda, m_gda = train(hsm_fn, {"force": theta0, "velocity": phi0}, problem, args.steps, args.batch,
+                                      args.lr, seed=10, opt=opt, **_run(args, "hsm_simultaneous", TRAIN_FIELDS))
     dsm_fn = functools.partial(hsm.denoising_score_matching_loss, score_apply=force_apply)
-    theta_dsm, sec_dsm, m_dsm = train(dsm_fn, theta0, jnp.asarray(args.dsm_sigma), args.steps, args.batch, args.lr, 20)
+    theta_dsm, sec_dsm, m_dsm = train(dsm_fn, theta0, jnp.asarray(args.dsm_sigma), args.steps, args.batch, args.lr, 20,
+                                      **_run(args, "dsm", TRAIN_FIELDS))
     x_eval = sample_data(jax.random.key(99), 20_000)
     rows = []
     for name, params, sec in [
@@ -152,7 +183,7 @@ def part2(args, force_apply, theta_hsm, theta_dsm):
     return rows
 
 
-def _snr(grads, reference=None):
+def snr_and_cosine(grads, reference=None):
     """Single-example SNR of per-example gradients (a pytree with leading axis N), and the cosine between their
     mean and a `reference` mean gradient (the explicit score-matching direction): SNR says how noisy an estimator
     is, the cosine whether it points the right way (a biased estimator can be precise and wrong)."""
@@ -166,32 +197,44 @@ def _snr(grads, reference=None):
     return snr, float(jnp.dot(mean, reference) / (jnp.linalg.norm(mean) * jnp.linalg.norm(reference)))
 
 
-def part3(args, force_apply, theta_dsm_warm):
-    apply_v, phi0 = make_net(3, args.hidden, args.depth)
-    theta = theta_dsm_warm
-    n = args.snr_samples
+def per_example_gradients(force_apply, n):
+    """The SNR measurement: n points x0 ~ pi and n keys, and jitted per-example gradients (leading axis n) with
+    respect to the force parameters theta: `esm(theta)` of ||F - grad log pi||^2 (explicit score matching),
+    `dsm(theta, sigma)` of DSM, `hsm(theta, velocity_apply, phi, problem, oracle)` of the HSM objective with the
+    predictor `velocity_apply(phi, .)` or, with `oracle`, the small-time oracle. Returns (x0, esm, dsm, hsm)."""
     x0 = sample_data(jax.random.key(21), n)
     keys = jax.random.split(jax.random.key(22), n)
-
-    def dsm_one(p, key, x, sigma):
-        return hsm.denoising_score_matching_loss(p, key, x[None], sigma, score_apply=force_apply)[0]
-
-    def hsm_one(p, phi, key, x, problem, oracle):
-        tau, xt, vt = hsm.simulate(p, key, x[None], problem, force_apply=force_apply)
-        if oracle:
-            # tau (F - grad log pi) with the force held fixed: the small-time HVP of the current force.
-            f_fixed = force_apply(jax.lax.stop_gradient(p), xt)
-            pred = tau[:, None] * (f_fixed - jax.vmap(score)(xt))
-        else:
-            pred = apply_v(phi, xt, tau / problem.tau_max)
-        return jnp.sum(vt**2) - jnp.sum((vt - pred) ** 2)
 
     def esm_one(p, x):
         return jnp.sum((force_apply(p, x[None])[0] - score(x)) ** 2)
 
-    dsm_grads = jax.jit(jax.vmap(jax.grad(dsm_one), in_axes=(None, 0, 0, None)))
-    esm_snr, esm_mean = _snr(jax.jit(jax.vmap(jax.grad(esm_one), in_axes=(None, 0)))(theta, x0))
-    hsm_grads = jax.jit(jax.vmap(jax.grad(hsm_one), in_axes=(None, None, 0, 0, None, None)), static_argnums=5)
+    def dsm_one(p, key, x, sigma):
+        return hsm.denoising_score_matching_loss(p, key, x[None], sigma, score_apply=force_apply)[0]
+
+    def hsm_one(p, velocity_apply, phi, key, x, problem, oracle):
+        tau, xt, vt = hsm.simulate(p, key, x[None], problem, force_apply=force_apply)
+        if oracle:
+            # tau (F - grad log pi) with the force held fixed: the small-time HVP of the current force.
+            pred = tau[:, None] * (force_apply(jax.lax.stop_gradient(p), xt) - jax.vmap(score)(xt))
+        else:
+            pred = velocity_apply(phi, xt, tau / problem.tau_max)
+        return jnp.sum(vt**2) - jnp.sum((vt - pred) ** 2)
+
+    esm = jax.jit(lambda p: jax.vmap(jax.grad(esm_one), in_axes=(None, 0))(p, x0))
+    dsm = jax.jit(lambda p, sigma: jax.vmap(jax.grad(dsm_one), in_axes=(None, 0, 0, None))(p, keys, x0, sigma))
+    hsm_grads = jax.jit(jax.vmap(jax.grad(hsm_one), in_axes=(None, None, None, 0, 0, None, None)), static_argnums=6)
+
+    def hsm_fn(theta, velocity_apply, phi, problem, oracle: bool):
+        return hsm_grads(theta, velocity_apply, phi, keys, x0, problem, oracle)
+
+    return x0, esm, dsm, hsm_fn
+
+
+def part3(args, force_apply, theta_dsm_warm):
+    apply_v, phi0 = make_net(3, args.hidden, args.depth)
+    theta = theta_dsm_warm
+    _, esm, dsm, hsm_grads = per_example_gradients(force_apply, args.snr_samples)
+    esm_snr, esm_mean = snr_and_cosine(esm(theta))
     fit_v = functools.partial(hsm.hsm_loss, force_apply=force_apply, velocity_apply=apply_v)
 
     rows = []
@@ -199,46 +242,29 @@ def part3(args, force_apply, theta_dsm_warm):
         problem = hsm.HamiltonianScoreMatching(tau_max=sigma, n_steps=args.hsm_steps)
         # Fit the predictor at this horizon with the force frozen (only the predictor's optimiser moves).
         opt = hsm.hsm_optimizer(optax.set_to_zero(), optax.adam(args.lr))
-        step = make_scan_train_step(fit_v, opt, ema_decay=0.0)
-        state = init_train_state(jax.random.key(30), {"force": theta, "velocity": phi0}, opt)
-        for i in range(0, args.snr_predictor_steps, 100):
-            batches = sample_data(jax.random.fold_in(jax.random.key(31), i), 100 * args.batch).reshape(100, -1, 2)
-            state, _ = step(state, batches, problem)
-        phi = state.params["velocity"]
+        run = _run(args, f"snr_predictor_sigma{sigma:g}", ("batch", "lr", "hidden", "depth", "hsm_steps",
+                                                           "warmup_steps", "snr_predictor_steps"), sigma=sigma)
+        params, _, _ = train(fit_v, {"force": theta, "velocity": phi0}, problem, args.snr_predictor_steps, args.batch,
+                             args.lr, 30, opt, **run)
+        phi = params["velocity"]
         row = {"sigma": sigma, "esm": esm_snr}
-        row["dsm"], row["dsm_cos"] = _snr(dsm_grads(theta, keys, x0, jnp.asarray(sigma)), esm_mean)
-        row["hsm_learned_v"], row["hsm_learned_v_cos"] = _snr(hsm_grads(theta, phi, keys, x0, problem, False), esm_mean)
-        row["hsm_oracle_v"], row["hsm_oracle_v_cos"] = _snr(hsm_grads(theta, phi, keys, x0, problem, True), esm_mean)
+        row["dsm"], row["dsm_cos"] = snr_and_cosine(dsm(theta, jnp.asarray(sigma)), esm_mean)
+        for name, oracle in (("hsm_learned_v", False), ("hsm_oracle_v", True)):
+            row[name], row[name + "_cos"] = snr_and_cosine(hsm_grads(theta, apply_v, phi, problem, oracle), esm_mean)
         rows.append(row)
         print(f"  sigma={sigma:g}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "sigma"), flush=True)
     return rows
 
 
 def plot(rows, path, n_samples=None):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    sig = [r["sigma"] for r in rows]
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for key, label in [("dsm", "DSM"), ("hsm_learned_v", "HSM, learned V"), ("hsm_oracle_v", "HSM, oracle V")]:
-        ax.plot(sig, [max(r[key], 1e-6) for r in rows], "o-", label=label)
-    ax.axhline(max(rows[0]["esm"], 1e-6), color="gray", ls="--", label="explicit SM (no noise)")
+    labels = {"dsm": "DSM", "hsm_learned_v": "HSM, learned V", "hsm_oracle_v": "HSM, oracle V"}
+    series = {label: [max(r[key], 1e-6) for r in rows] for key, label in labels.items()}
+    hlines = {"explicit SM (no noise)": (max(rows[0]["esm"], 1e-6), "--")}
     if n_samples:
-        ax.axhline(1.0 / n_samples, color="gray", ls=":", label="noise floor 1/N")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xticks(sig, [f"{v:g}" for v in sig])
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("noise level sigma (HSM: horizon T)")
-    ax.set_ylabel("single-example gradient SNR")
-    ax.set_title("Gradient SNR on a 2-D Gaussian mixture")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        hlines["noise floor 1/N"] = (1.0 / n_samples, ":")
+    plots.curves([r["sigma"] for r in rows], series, path, xlabel="noise level sigma (HSM: horizon T)",
+                 ylabel="single-example gradient SNR", title="Gradient SNR on a 2-D Gaussian mixture", logy=True,
+                 hlines=hlines, xticks=True)
 
 
 def markdown(res):
@@ -277,7 +303,8 @@ def main(config, workdir: str):
     dsm_fn = functools.partial(hsm.denoising_score_matching_loss, score_apply=force_apply)
     theta_warm = theta_init
     if args.warmup_steps:
-        theta_warm, _, _ = train(dsm_fn, theta_init, jnp.asarray(0.3), args.warmup_steps, args.batch, args.lr, 40)
+        theta_warm, _, _ = train(dsm_fn, theta_init, jnp.asarray(0.3), args.warmup_steps, args.batch, args.lr, 40,
+                                 **_run(args, "dsm_warmup", ("warmup_steps", "batch", "lr", "hidden", "depth")))
     rows3 = part3(args, force_apply, theta_warm)
     res = {"score_error": rows1, "hsd": rows2, "snr": rows3, "final_metrics": last, "config": vars(args)}
     res["seconds"] = time.perf_counter() - start

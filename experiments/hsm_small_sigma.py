@@ -12,7 +12,9 @@ parameterisation, the number of steps and schedule, the width, the batch). For e
 * the single-example SNR of the per-example HSM gradients and the cosine of their mean with the explicit
   score-matching gradient (the direction HSM should follow),
 
-next to DSM and HSM with the oracle predictor. Why the predictor matters (derived in docs/paper_fidelity.md):
+next to DSM and HSM with the oracle predictor. Each predictor fit runs on `common.fit_steps`, checkpointed under
+`<workdir>/runs/sigma<sigma>_<variant>` (a relaunch resumes; finished fits are restored).
+Why the predictor matters (derived in docs/paper_fidelity.md):
 at small tau the theta-gradient of J = E[2 v.V - ||V||^2] is 2 tau^2 E[dF/dtheta (F - grad log pi)] with the
 oracle, and an error e(x) in V adds the bias 2 tau E[dF/dtheta e]: the cosine collapses once |e| ~ tau |F - score|,
 i.e. once the predictor's relative error reaches ~1.
@@ -20,6 +22,7 @@ i.e. once the predictor's relative error reaches ~1.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -28,22 +31,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from experiments import common
+
 # The mixture, data and networks of experiments/hsm_gmm.py: the same setting, measured further.
-from experiments.hsm_gmm import make_net, sample_data, score
+from experiments.hsm_gmm import make_net, per_example_gradients, sample_data, score, snr_and_cosine
 from fm_jax import hsm
-
-
-def snr_and_cosine(grads, reference):
-    """Single-example SNR (||mean||^2 - tr Cov / N) / tr Cov of per-example gradients (leading axis N), and the
-    cosine of their mean with `reference` (a flat vector)."""
-    flat = jnp.concatenate([g.reshape(g.shape[0], -1) for g in jax.tree_util.tree_leaves(grads)], axis=1)
-    n = flat.shape[0]
-    mean = jnp.mean(flat, 0)
-    trace = jnp.sum(jnp.var(flat, 0, ddof=1))
-    snr = (jnp.sum(mean**2) - trace / n) / trace
-    if reference is None:
-        return float(snr), mean
-    return float(snr), float(jnp.dot(mean, reference) / (jnp.linalg.norm(mean) * jnp.linalg.norm(reference)))
+from fm_jax.training import init_train_state, make_train_loop
 
 
 def parse_variant(text):
@@ -54,8 +47,10 @@ def parse_variant(text):
             "batch": int(batch)}
 
 
-def fit_predictor(force_apply, theta, problem, variant, cfg, key):
-    """Regress V_phi(x_tau, tau / T) on v_tau with the force frozen; returns velocity_apply and phi."""
+def fit_predictor(force_apply, theta, problem, variant, cfg, key, workdir=None):
+    """Regress V_phi(x_tau, tau / T) on v_tau with the force frozen, on the shared skeleton (`common.fit_steps`,
+    50 steps a call; with a workdir, checkpointed under `runs/sigma<sigma>_<variant>` and resumed); returns
+    velocity_apply, phi and the mean loss of the last 50 steps."""
     raw_apply, phi = make_net(3, variant["hidden"], cfg.depth)
     if variant["param"] == "scaled":
         velocity_apply = hsm.TimeScaledPredictor(raw_apply, problem.tau_max)
@@ -64,54 +59,30 @@ def fit_predictor(force_apply, theta, problem, variant, cfg, key):
     lr = cfg.lr if variant["schedule"] == "constant" else optax.cosine_decay_schedule(cfg.lr, variant["steps"], 0.05)
     opt = optax.adam(lr)
 
-    def regression(phi, k):
+    def regression(phi, k, batch, path):
+        del batch, path
         k_x, k_sim = jax.random.split(k)
         x0 = sample_data(k_x, variant["batch"])
         tau, x, v = hsm.simulate(theta, k_sim, x0, problem, force_apply=force_apply)
-        return jnp.mean(jnp.sum((v - velocity_apply(phi, x, tau / problem.tau_max)) ** 2, -1))
+        loss = jnp.mean(jnp.sum((v - velocity_apply(phi, x, tau / problem.tau_max)) ** 2, -1))
+        return loss, {"loss": loss}
 
-    @jax.jit
-    def train(phi, key):
-        def body(carry, i):
-            phi, state = carry
-            loss, g = jax.value_and_grad(regression)(phi, jax.random.fold_in(key, i))
-            updates, state = opt.update(g, state, phi)
-            return (optax.apply_updates(phi, updates), state), loss
+    def make_advance(k):
+        return functools.partial(make_train_loop(regression, opt, lambda _: None, steps_per_call=k), path=None)
 
-        (phi, _), losses = jax.lax.scan(body, (phi, opt.init(phi)), jnp.arange(variant["steps"]))
-        return phi, losses
-
-    phi, losses = train(phi, key)
-    return velocity_apply, phi, float(jnp.mean(losses[-50:]))
+    sigma = float(problem.tau_max)
+    run = {**variant, "sigma": sigma, "lr": cfg.lr, "depth": cfg.depth, "hsm_steps": cfg.hsm_steps, "seed": cfg.seed}
+    state, row = common.fit_steps(init_train_state(key, phi, opt), make_advance, variant["steps"], steps_per_call=50,
+                                  workdir=workdir, name=f"sigma{sigma:g}_{variant['name']}", config=run,
+                                  checkpoint_every=cfg.checkpoint_every)
+    return velocity_apply, state.params, row["loss"]
 
 
-def run(cfg):
+def run(cfg, workdir=None):
     force_net, theta = make_net(0, cfg.hidden, cfg.depth)
     force_apply = lambda p, x: force_net(p, x, 0.0)  # noqa: E731  (a position-only force)
-    n = cfg.snr_samples
-    x0 = sample_data(jax.random.key(21), n)
-    keys = jax.random.split(jax.random.key(22), n)
-
-    def esm_one(p, x):
-        return jnp.sum((force_apply(p, x[None])[0] - score(x)) ** 2)
-
-    _, esm_mean = snr_and_cosine(jax.jit(jax.vmap(jax.grad(esm_one), in_axes=(None, 0)))(theta, x0), None)
-
-    def dsm_one(p, key, x, sigma):
-        return hsm.denoising_score_matching_loss(p, key, x[None], sigma, score_apply=force_apply)[0]
-
-    dsm_grads = jax.jit(jax.vmap(jax.grad(dsm_one), in_axes=(None, 0, 0, None)))
-
-    def hsm_grads(velocity_apply, phi, problem, oracle):
-        def one(p, key, x):
-            tau, xt, vt = hsm.simulate(p, key, x[None], problem, force_apply=force_apply)
-            if oracle:
-                pred = tau[:, None] * (force_apply(jax.lax.stop_gradient(p), xt) - jax.vmap(score)(xt))
-            else:
-                pred = velocity_apply(phi, xt, tau / problem.tau_max)
-            return jnp.sum(vt**2) - jnp.sum((vt - pred) ** 2)
-
-        return jax.jit(jax.vmap(jax.grad(one), in_axes=(None, 0, 0)))(theta, keys, x0)
+    x0, esm, dsm_grads, hsm_grads = per_example_gradients(force_apply, cfg.snr_samples)
+    _, esm_mean = snr_and_cosine(esm(theta), None)
 
     def predictor_error(velocity_apply, phi, problem):
         tau, xt, _ = hsm.simulate(theta, jax.random.key(23), x0, problem, force_apply=force_apply)
@@ -124,14 +95,14 @@ def run(cfg):
     for sigma in [float(s) for s in cfg.sigmas.split(",")]:
         problem = hsm.HamiltonianScoreMatching(tau_max=sigma, n_steps=cfg.hsm_steps)
         row = {"sigma": sigma}
-        row["dsm"] = snr_and_cosine(dsm_grads(theta, keys, x0, jnp.asarray(sigma)), esm_mean)
-        row["oracle"] = snr_and_cosine(hsm_grads(None, None, problem, True), esm_mean)
+        row["dsm"] = snr_and_cosine(dsm_grads(theta, jnp.asarray(sigma)), esm_mean)
+        row["oracle"] = snr_and_cosine(hsm_grads(theta, None, None, problem, True), esm_mean)
         for variant in variants:
             start = time.perf_counter()
             velocity_apply, phi, final = fit_predictor(force_apply, theta, problem, variant, cfg,
-                                                       jax.random.key(30 + cfg.seed))
+                                                       jax.random.key(30 + cfg.seed), workdir)
             err = predictor_error(velocity_apply, phi, problem)
-            snr, cos = snr_and_cosine(hsm_grads(velocity_apply, phi, problem, False), esm_mean)
+            snr, cos = snr_and_cosine(hsm_grads(theta, velocity_apply, phi, problem, False), esm_mean)
             row[variant["name"]] = (snr, cos, err)
             print(f"sigma={sigma:g} {variant['name']}: SNR {snr:.3g}, cos {cos:.2f}, predictor rel. error {err:.3g} "
                   f"(final mse {final:.4f}; {time.perf_counter() - start:.1f} s)", flush=True)
@@ -168,7 +139,7 @@ def markdown(rows, variants, cfg):
 def main(cfg, workdir: str):
     os.makedirs(workdir, exist_ok=True)
     start = time.perf_counter()
-    rows, variants = run(cfg)
+    rows, variants = run(cfg, workdir)
     md = markdown(rows, variants, cfg)
     with open(os.path.join(workdir, "hsm_small_sigma.md"), "w") as f:
         f.write(md)
@@ -179,6 +150,4 @@ def main(cfg, workdir: str):
 
 
 if __name__ == "__main__":
-    from experiments import common
-
     common.run(main, "experiments/configs/hsm_small_sigma.py", "results/hsm_small_sigma")

@@ -16,9 +16,15 @@ def _pyplot():
     return plt
 
 
-def _save(fig, filename: str, dpi: int = 100) -> None:
+def axes_grid(nrows: int, ncols: int, panel: tuple[float, float] = (3.0, 3.0)):
+    """(figure, axes (nrows, ncols)) of a grid of panels of size `panel` (inches), for a script's own figure."""
+    return _pyplot().subplots(nrows, ncols, figsize=(panel[0] * ncols, panel[1] * nrows), squeeze=False)
+
+
+def save(fig, filename: str, dpi: int = 100, top: float = 1.0) -> None:
+    """Lay out (below `top`, a fraction of the height: room for a suptitle), write and close `fig`."""
     os.makedirs(os.path.dirname(os.path.abspath(filename)), exist_ok=True)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, top))
     fig.savefig(filename, dpi=dpi)
     _pyplot().close(fig)
 
@@ -32,7 +38,7 @@ def samples(samples, reference, filename: str, title: str = "") -> None:
     ax.set_title(title)
     ax.set_aspect("equal")
     ax.legend(loc="upper right", markerscale=4)
-    _save(fig, filename)
+    save(fig, filename)
 
 
 def trajectories(traj, filename: str, title: str = "", count: int = 40) -> None:
@@ -44,7 +50,7 @@ def trajectories(traj, filename: str, title: str = "", count: int = 40) -> None:
     ax.scatter(traj[-1, :count, 0], traj[-1, :count, 1], s=6, c="k")
     ax.set_title(title)
     ax.set_aspect("equal")
-    _save(fig, filename)
+    save(fig, filename)
 
 
 def panel_grid(panels: dict, rows: list, cols: list, filename: str, *, lim: float | None = 4.0,
@@ -75,22 +81,31 @@ def panel_grid(panels: dict, rows: list, cols: list, filename: str, *, lim: floa
                 ax.set_title(str((col_titles or {}).get(c, c)))
     if title:
         fig.suptitle(title, fontsize=10)
-    _save(fig, filename, dpi=90)
+    save(fig, filename, dpi=90)
 
 
-def curves(xs, series: dict, filename: str, *, xlabel: str, ylabel: str, title: str = "", logx: bool = True) -> None:
-    """One line per `series[label]` (values at `xs`)."""
+def curves(xs, series: dict, filename: str, *, xlabel: str, ylabel: str, title: str = "", logx: bool = True,
+           logy: bool = False, hlines: dict | None = None, xticks: bool = False) -> None:
+    """One line per `series[label]` (values at `xs`; with `xticks`, the x ticks at `xs` only), and a horizontal
+    reference line per `hlines[label]` = (y, linestyle)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, ys in series.items():
         ax.plot(xs, ys, marker="o", label=label)
+    for label, (y, style) in (hlines or {}).items():
+        ax.axhline(y, color="gray", ls=style, label=label)
     if logx:
         ax.set_xscale("log")
+    if xticks:
+        ax.set_xticks(xs, [f"{x:g}" for x in xs], minor=False)
+        ax.set_xticks([], minor=True)
+    if logy:
+        ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=6, ncol=2)
-    _save(fig, filename)
+    save(fig, filename)
 
 
 def field_panels(panels: list[dict], filename: str) -> None:
@@ -109,4 +124,4 @@ def field_panels(panels: list[dict], filename: str) -> None:
         ax.set_xlim(-p["lim"], p["lim"])
         ax.set_ylim(-p["lim"], p["lim"])
         ax.set_aspect("equal")
-    _save(fig, filename, dpi=120)
+    save(fig, filename, dpi=120)

@@ -136,6 +136,26 @@ def test_command_line_errors_are_one_line(tmp_path, flag, message):
     assert not (tmp_path / "checkpoints").exists()  # nothing trained
 
 
+def test_help_lists_every_config_field_with_its_value(tmp_path):
+    from experiments.configs import toy_table
+
+    out = _run("experiments.toy_table", "--workdir", str(tmp_path), "--config.train.steps=7", "--help", timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    listed = {line.strip().split("=")[0] for line in out.stdout.splitlines() if line.startswith("  --config.")}
+    fields = {f"--config.{k}" for k in _field_names(toy_table.get_config().to_dict())}
+    assert listed == fields, (listed ^ fields)
+    assert "  --config.train.steps=7" in out.stdout  # the value after the other flags on the line
+    assert f"  --config.model.hidden={toy_table.get_config().model.hidden!r}" in out.stdout
+    assert "--workdir" in out.stdout and "--helpfull" in out.stdout and not os.listdir(tmp_path)
+
+
+def _field_names(tree, prefix=""):
+    out = []
+    for name, value in tree.items():
+        out += _field_names(value, f"{prefix}{name}.") if isinstance(value, dict) and value else [prefix + name]
+    return out
+
+
 def test_main_job_writes_table_csv_and_plot(tmp_path):
     out = _run("experiments.toy_table", "--workdir", str(tmp_path), "--config.train.steps=20",
                "--config.train.steps_per_call=10", "--config.table.paths=('cond_ot', 've')",
@@ -254,3 +274,41 @@ def test_kac_reference_prior_is_kac_noise_plus_fresh_data():
     x1 = np.ones((n, 2), np.float32)
     zt = jax.vmap(path.sample_conditional, in_axes=(0, 0, None))(jax.random.split(jax.random.key(1), n), x1, 0.5)
     assert np.all(np.abs(np.asarray(zt.z_t - x1).mean(0)) < 5 * np.sqrt(float(kac.variance(0.5, 9.0, 3.0)) / n))
+
+
+def test_paper_skeleton_resumes_exactly_and_does_not_retrain_a_finished_run(tmp_path):
+    """`common.train_seeds` (the paper scripts' trainer): 6 steps, then a relaunch to 7 (restored at 6, one
+    remainder step) equals 7 straight steps bit for bit, and a finished run is restored, not retrained."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    data = jnp.stack([jnp.linspace(0.5, 1.5, 8), jnp.linspace(-1.0, 2.0, 8)])  # two seeds' full batches
+
+    def loss(params, key, x):
+        noise = 0.1 * jax.random.normal(key, x.shape)  # the step key matters: a wrong key after resume shows
+        return jnp.mean((params["w"] * x + params["b"] + noise - 1.0) ** 2)
+
+    def init(key):
+        return {"w": jax.random.normal(key, ()), "b": jnp.zeros(())}
+
+    keys = jax.random.split(jax.random.key(0), 4)
+    adam = optax.adam(0.1)
+
+    def train(steps, workdir):
+        states = common.init_seed_states(init, keys[:2], keys[2:], adam)
+        return common.train_seeds(states, loss, adam, data, steps, steps_per_call=3, workdir=workdir,
+                                  name="toy", config={"lr": 0.1})
+
+    straight, row = train(7, None)
+    train(6, str(tmp_path))
+    resumed, resumed_row = train(7, str(tmp_path))
+    assert int(resumed.step) == 7 and resumed_row == pytest.approx(row | {"seconds": resumed_row["seconds"]})
+    for a, b in zip(jax.tree_util.tree_leaves(straight), jax.tree_util.tree_leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    metrics = (tmp_path / "runs" / "toy" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in metrics] == ["step", "3", "6", "7"]
+    again, again_row = train(7, str(tmp_path))  # finished: restored, and its last row read back
+    np.testing.assert_array_equal(np.asarray(again.params["w"]), np.asarray(resumed.params["w"]))
+    assert again_row["step"] == 7 and again_row["loss"] == pytest.approx(resumed_row["loss"], rel=1e-6)
+    assert len(metrics) == len((tmp_path / "runs" / "toy" / "metrics.csv").read_text().splitlines())

@@ -24,4 +24,5 @@ def get_config():
     c.final_lr_fraction = 0.1
     c.hidden = 64
     c.depth = 2
+    c.checkpoint_every = 1000  # training steps per compiled call, each followed by a checkpoint (relaunch resumes)
     return c

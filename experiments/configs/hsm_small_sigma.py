@@ -27,4 +27,6 @@ def get_config():
     #   --config.sigmas=0.01,0.03
     #   --config.variants=wider:plain:4000:cosine:256:512,scaled_more_data:scaled:4000:cosine:64:4096
     c.seed = 0
+    # Steps between checkpoints (a multiple of 50) of each predictor fit, under `<workdir>/runs/`: a relaunch resumes.
+    c.checkpoint_every = 500
     return c
