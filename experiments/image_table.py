@@ -27,7 +27,7 @@ import shutil
 import time
 
 from experiments import common, tables
-from experiments.train_images import train_and_evaluate, validate
+from experiments.train_images import start_processes, train_and_evaluate, validate
 
 
 def row_config(config, label: str):
@@ -41,7 +41,8 @@ def row_config(config, label: str):
     for block in ("dataset", "model", "train", "eval", "log"):
         c[block] = config[block].copy_and_resolve_references()
     if edm is not None:
-        c.eval.edm_sampler = edm
+        with c.eval.unlocked():
+            c.eval.edm_sampler = edm
     overrides = config.table.get("path_kwargs", {}).get(label)
     if overrides:
         kwargs = common.spec_kwargs(c.path)
@@ -56,6 +57,7 @@ def table_name(config) -> str:
 
 
 def main(config, workdir: str) -> None:
+    start_processes(config)
     name = table_name(config)
     collect = [d for d in config.table.collect if d]
     if collect:

@@ -44,7 +44,7 @@ import numpy as np
 from flax import nnx
 
 import fm_jax as fj
-from experiments import common, evaluation, registry
+from experiments import common, evaluation
 from fm_jax import distributed as fd
 from fm_jax import fid as fid_lib
 from fm_jax import image_metrics
@@ -224,7 +224,13 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> list[d
             stacked = image_data.stack_batches(batches, t.steps_per_call)
             return steps_fn(s, fd.shard_batch({"image": stacked["image"]}, mesh, batch_axis=1), path_r)
 
-        score = feature_scores(config, data_shape)
+        scorer = []  # built at the first evaluation (a run killed while training never loads the feature network)
+
+        def score(x):
+            if not scorer:
+                scorer.append(feature_scores(config, data_shape))
+            return scorer[0](x)
+
         results = _results(workdir, start_step)
         n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
         nll_images = None
@@ -285,9 +291,15 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> list[d
     return results
 
 
+def start_processes(config) -> tuple[int, int]:
+    """`jax.distributed` for a multi-host launch (`fm_jax.distributed.initialize_from_env`: coordinator environment
+    variables, SLURM/MPI, or the TPU metadata with `train.auto_detect`); a no-op for one process. Before any JAX op.
+    """
+    return fd.initialize_from_env(auto_detect=bool(config.train.get("auto_detect", False)))
 
 
 def main(config, workdir: str):
+    start_processes(config)
     rows = train_and_evaluate(config, workdir)
     print(f"{len(rows)} evaluation rows written to {os.path.join(workdir, 'results.json')}")
 

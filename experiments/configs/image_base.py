@@ -32,7 +32,8 @@ def mnist(path: str, **path_kwargs) -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(
         dict(steps=1000, batch_size=64, learning_rate=2e-3, warmup_steps=50, final_lr_fraction=0.1,
              clip_norm=1.0, ema_decay=0.995, steps_per_call=10, time_sampler=spec("uniform"),
-             checkpoint_every=250, keep_checkpoints=2, max_bad_steps=50, model_axis=1, bf16=False)
+             checkpoint_every=250, keep_checkpoints=2, max_bad_steps=50, model_axis=1, bf16=False,
+             auto_detect=False)
     )
     c.eval = ml_collections.ConfigDict(
         dict(at_steps=(250, 500, 1000), num_samples=500, batch_size=500, solver="euler", step_counts=(20,),

@@ -1,4 +1,4 @@
-"""The MNIST-5k table (`experiments.mnist_table`, i.e. `experiments.image_table`): path × MNIST-FID at a few training step counts.
+"""The MNIST-5k table (`experiments.mnist_table` = `experiments.image_table`): path × MNIST-FID by training step.
 
     python -m experiments.mnist_table --config experiments/configs/mnist_table.py --workdir results/images \
         [--config.table.paths='("cond_ot", "vp")' --config.train.steps=1000 --config.eval.at_steps='(500, 1000)']

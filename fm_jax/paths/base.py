@@ -19,7 +19,7 @@ Capabilities are types, not methods that raise; callers test them with `isinstan
 |---|---|---|
 | `AbstractCouplablePath` | `sample_conditional_given_source(key, z0, x1, t)` | a draw at t from a given source state |
 | `AbstractSourceDensity` | `source_log_prob(z0)` | the log-density of the source law (exact likelihood) |
-| `AbstractSignalToNoise` | `snr(t)`, `snr_inverse(snr)` | x_t = a(t) x1 + b(t) ε with Gaussian ε: SNR a/b and its inverse |
+| `AbstractSignalToNoise` | `snr(t)`, `snr_inverse(snr)` | x_t = a(t) x1 + b(t) ε (Gaussian ε): SNR a/b, its inverse |
 
 `z0` is a draw of `sample_source` (a state at t = 0), so a coupling of source draws and data rows (e.g. minibatch
 optimal transport, `fm_jax.couplings`) can be applied before the path is sampled given both ends.
