@@ -110,8 +110,9 @@ def markdown_table(rows: list[dict], dataset: str) -> str:
     paths = list(dict.fromkeys(r["path"] for r in rows))
     cell = {(r["path"], r["solver"]): r for r in final}
     first = final[0]
-    adaptive = [s for s in solvers if not any(ch.isdigit() for ch in s)]
-    header = [f"FID {s}" + (" (NFE)" if s in adaptive or s.startswith("edm") else "") for s in solvers]
+    # Runs whose NFE is not their step count: adaptive solvers, EDM's Heun (2N − 1).
+    with_nfe = {r["solver"] for r in final if r.get("solver_steps") == "adaptive" or r["solver"].startswith("edm")}
+    header = [f"FID {s}" + (" (NFE)" if s in with_nfe else "") for s in solvers]
     lines = [
         f"{dataset}: {'Inception FID' if fid == 'fid' else 'MNIST-classifier FID'} of {first['num_samples']} EMA "
         f"samples at step {last} (lower is better), bits/dim of the test images ± standard error (— where the path "
@@ -129,7 +130,7 @@ def markdown_table(rows: list[dict], dataset: str) -> str:
                 cells.append("—")
                 continue
             text = _fmt(r.get(fid))
-            if s in adaptive or s.startswith("edm"):
+            if s in with_nfe:
                 text += f" ({int(_num(r.get('nfe')))})" if not math.isnan(_num(r.get("nfe"))) else ""
             cells.append(text)
         any_row = next((cell[(p, s)] for s in solvers if (p, s) in cell), {})

@@ -260,12 +260,13 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> list[d
                 extra.update(evaluation.bits_per_dim_of_images(jax.random.fold_in(key, 7), path, eval_apply, ema,
                                                                e, nll_images, levels))
             grid = None
+            steps_of = {tag: "adaptive" if n is None else n for tag, _, n in evaluation.solver_runs(e_run)}
             for tag, m in scores.items():
                 grid = m.pop("_samples", grid)
                 m.pop("kinetic_energy_per_dim", None)
                 results.append({"path": config.path.name, "dataset": d.name, "step": step, "solver": tag,
-                                "train_seconds": row["seconds"], "loss": row["loss"], **m, **extra,
-                                "num_samples": e.num_samples, "params": int(n_params),
+                                "solver_steps": steps_of[tag], "train_seconds": row["seconds"], "loss": row["loss"],
+                                **m, **extra, "num_samples": e.num_samples, "params": int(n_params),
                                 "eval_seconds": round(time.perf_counter() - begin, 1)})
             if grid is not None:
                 save_grid(np.asarray(grid), os.path.join(workdir, f"samples_{step}.png"), levels)

@@ -6,6 +6,10 @@ config `tests/_scripts/tiny_cifar_table.py` (the six CIFAR-10 paths of `configs/
 8-channel U-Net, 20 steps). One subprocess runs the table driver; it is killed with SIGKILL once the first path has
 a checkpoint, then relaunched, and must resume and finish every path. The figures prove the pipeline, not the
 models (random data, random Inception).
+
+`make test` runs three rows that cover every branch (Cond-OT: an affine path with a density, killed and resumed;
+HGF: EDM's sampler; ForM: phase space, no density); the `slow` variant runs all six paper configs (about 2.5×
+the CPU time: every path compiles its own train step, samplers and likelihood).
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from fm_jax.data.tfds_builders import write_cifar10_format
 from fm_jax.models import inception
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PATHS = ("cond_ot", "vp", "ko", "kac", "hgf", "form")
+ALL_PATHS = ("cond_ot", "vp", "ko", "kac", "hgf", "form")
 WITH_DENSITY = ("cond_ot", "vp", "ko", "hgf")  # first-order paths with a source density: bits/dim apply
 
 
@@ -40,14 +45,17 @@ def random_inception_weights(filename: str, seed: int = 0) -> None:
     inception.write_fid_inception_weights(arrays, filename, source_sha256="random")
 
 
-def _launch(root, log):
-    env = {**os.environ, "FM_JAX_TINY_ROOT": str(root), "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
+def _launch(root, log, paths):
+    env = {**os.environ, "FM_JAX_TINY_ROOT": str(root), "FM_JAX_TINY_PATHS": ",".join(paths), "PYTHONPATH": ROOT,
+           "JAX_PLATFORMS": "cpu"}
     cmd = [sys.executable, "-m", "experiments.image_table", "--config", "tests/_scripts/tiny_cifar_table.py",
            "--workdir", str(root / "table")]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
-def test_cifar10_table_trains_survives_sigkill_resumes_and_reports_every_column(tmp_path):
+@pytest.mark.parametrize("paths", [("cond_ot", "hgf", "form"), pytest.param(ALL_PATHS, marks=pytest.mark.slow)],
+                         ids=["three_paths", "all_six"])
+def test_cifar10_table_trains_survives_sigkill_resumes_and_reports_every_column(tmp_path, paths):
     rng = np.random.default_rng(0)
     splits = {s: (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n))
               for s, n in (("train", 32), ("test", 16))}
@@ -56,7 +64,7 @@ def test_cifar10_table_trains_survives_sigkill_resumes_and_reports_every_column(
 
     first = tmp_path / "table" / "cifar10_cond_ot"
     with open(tmp_path / "run1.log", "w") as log:
-        proc = _launch(tmp_path, log)
+        proc = _launch(tmp_path, log, paths)
         deadline = time.monotonic() + 600
         while not (first / "checkpoints" / "10").exists():
             assert proc.poll() is None, (tmp_path / "run1.log").read_text()[-3000:]
@@ -68,7 +76,7 @@ def test_cifar10_table_trains_survives_sigkill_resumes_and_reports_every_column(
     assert not (tmp_path / "table" / "cifar10_table.csv").exists()  # killed inside the first path
 
     with open(tmp_path / "run2.log", "w") as log:
-        proc = _launch(tmp_path, log)
+        proc = _launch(tmp_path, log, paths)
         assert proc.wait(timeout=900) == 0, (tmp_path / "run2.log").read_text()[-3000:]
     out = (tmp_path / "run2.log").read_text()
     assert "cond_ot step 10:" not in out  # resumed from the checkpoint, not retrained from step 0
@@ -81,7 +89,7 @@ def test_cifar10_table_trains_survives_sigkill_resumes_and_reports_every_column(
     with open(tmp_path / "table" / "cifar10_table.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     by = {(r["path"], r["solver"]): r for r in rows}
-    for p in PATHS:
+    for p in paths:
         assert (tmp_path / "table" / f"cifar10_{p}_samples.png").stat().st_size > 500
         for solver, nfe in (("euler1", 1), ("euler2", 2), ("dopri5", None)):
             r = by[(p, solver)]
@@ -100,7 +108,7 @@ def test_cifar10_table_trains_survives_sigkill_resumes_and_reports_every_column(
     header = next(line for line in md.splitlines() if line.startswith("| path |"))
     for column in ("FID euler1", "FID euler2", "FID dopri5 (NFE)", "FID edm_heun18 (NFE)", "bits/dim", "KE/dim"):
         assert column in header, header
-    for p in PATHS:
+    for p in paths:
         assert f"| {p} |" in md
     hgf = next(line for line in md.splitlines() if line.startswith("| hgf |"))
     assert "(35)" in hgf and "±" in hgf
