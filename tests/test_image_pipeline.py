@@ -15,7 +15,7 @@ the CPU time: every path compiles its own train step, samplers and likelihood).
 from __future__ import annotations
 
 import csv
-import math
+import importlib.util
 import os
 import signal
 import subprocess
@@ -25,24 +25,17 @@ import time
 import numpy as np
 import pytest
 
-from fm_jax.data.tfds_builders import write_cifar10_format
-from fm_jax.models import inception
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL_PATHS = ("cond_ot", "vp", "ko", "kac", "hgf", "form")
 WITH_DENSITY = ("cond_ot", "vp", "ko", "hgf")  # first-order paths with a source density: bits/dim apply
 
 
-def random_inception_weights(filename: str, seed: int = 0) -> None:
-    """He-normal kernels and identity BatchNorm in the converter's .npz format (activations stay O(1))."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for name, shape in inception.fid_inception_shapes().items():
-        if name.endswith("kernel"):
-            arrays[name] = rng.normal(0.0, math.sqrt(2.0 / math.prod(shape[:3])), shape).astype(np.float32)
-        else:
-            arrays[name] = np.full(shape, 1.0 if name.endswith(("scale", "var")) else 0.0, np.float32)
-    inception.write_fid_inception_weights(arrays, filename, source_sha256="random")
+def _tiny():
+    spec = importlib.util.spec_from_file_location("tiny_cifar_table", os.path.join(ROOT, "tests", "_scripts",
+                                                                                   "tiny_cifar_table.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _launch(root, log, paths):
@@ -56,11 +49,7 @@ def _launch(root, log, paths):
 @pytest.mark.parametrize("paths", [("cond_ot", "hgf", "form"), pytest.param(ALL_PATHS, marks=pytest.mark.slow)],
                          ids=["three_paths", "all_six"])
 def test_cifar10_table_trains_survives_sigkill_resumes_and_reports_every_column(tmp_path, paths):
-    rng = np.random.default_rng(0)
-    splits = {s: (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n))
-              for s, n in (("train", 32), ("test", 16))}
-    write_cifar10_format(str(tmp_path / "data"), splits)
-    random_inception_weights(str(tmp_path / "inception.npz"))
+    _tiny().prepare(str(tmp_path))  # random CIFAR-10-format splits (write_cifar10_format), random Inception .npz
 
     first = tmp_path / "table" / "cifar10_cond_ot"
     with open(tmp_path / "run1.log", "w") as log:

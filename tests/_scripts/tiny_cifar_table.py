@@ -3,15 +3,49 @@
 Every paper's CIFAR-10 path (`configs/cifar10_table.py`) on a tiny random dataset: a one-level 8-channel U-Net,
 20 steps, 8 samples, FID with Inception from random weights, Euler 1 / 2, dopri5, EDM's sampler for HGF,
 bits/dim of 4 test images. The data, weights and caches lie under `$FM_JAX_TINY_ROOT`; `$FM_JAX_TINY_PATHS`
-(comma-separated labels) restricts the rows.
+(comma-separated labels) restricts the rows. `python tests/_scripts/tiny_cifar_table.py ROOT` writes that data
+(32 train and 16 test random images in tfds's `cifar10` format) and the random Inception weights under ROOT:
+
+    python tests/_scripts/tiny_cifar_table.py /tmp/tiny
+    FM_JAX_TINY_ROOT=/tmp/tiny python -m experiments.image_table --config tests/_scripts/tiny_cifar_table.py \
+        --workdir /tmp/tiny/table
 """
 
+import math
 import os
+import sys
 
-from experiments.configs import cifar10_table
+import numpy as np
+
+
+def random_inception_weights(filename: str, seed: int = 0) -> None:
+    """He-normal kernels and identity BatchNorm in the converter's .npz format (activations stay O(1))."""
+    from fm_jax.models import inception
+
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for name, shape in inception.fid_inception_shapes().items():
+        if name.endswith("kernel"):
+            arrays[name] = rng.normal(0.0, math.sqrt(2.0 / math.prod(shape[:3])), shape).astype(np.float32)
+        else:
+            arrays[name] = np.full(shape, 1.0 if name.endswith(("scale", "var")) else 0.0, np.float32)
+    inception.write_fid_inception_weights(arrays, filename, source_sha256="random")
+
+
+def prepare(root: str, seed: int = 0) -> None:
+    """Random uint8 CIFAR-10-format train (32) and test (16) splits under `root/data`, weights `root/inception.npz`."""
+    from fm_jax.data.tfds_builders import write_cifar10_format
+
+    rng = np.random.default_rng(seed)
+    splits = {s: (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n))
+              for s, n in (("train", 32), ("test", 16))}
+    write_cifar10_format(os.path.join(root, "data"), splits)
+    random_inception_weights(os.path.join(root, "inception.npz"), seed)
 
 
 def get_config():
+    from experiments.configs import cifar10_table
+
     c = cifar10_table.get_config()
     root = os.environ["FM_JAX_TINY_ROOT"]
     c.dataset.data_dir = os.path.join(root, "data")
@@ -26,3 +60,8 @@ def get_config():
     c.table.path_kwargs = dict(ko=dict(num_noise=4, data_dir=c.dataset.data_dir,
                                        cache_dir=os.path.join(root, "ko_cache")))
     return c
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    prepare(sys.argv[1])
