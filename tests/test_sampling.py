@@ -273,3 +273,18 @@ def test_edm_sampler_compiles_once_across_sigmas_and_refuses_paths_without_snr()
     assert counts[0] > 0 and counts[0] == counts[1] == counts[2], counts
     with pytest.raises(TypeError, match="signal-to-noise"):
         sample_edm(jax.random.key(0), P.KacPath(), apply, jnp.asarray(0.5), 3, (2,), num_steps=4)
+
+
+@pytest.mark.parametrize("path,source_std", [(P.AffinePath(P.CondOT()), 1.0), (P.AffinePath(P.VP()), None),
+                                             (P.OscillationHGFPath(0.5, 2.0), 4.0)], ids=["cond_ot", "vp", "hgf_osc"])
+def test_snr_is_the_interpolants_signal_over_noise_and_inverts(path, source_std):
+    # x_t = a(t) x1 + b(t) ε with x0 = source_std · ε: a = interpolate(0, 1, t), b = interpolate(source_std, 0, t).
+    s0 = float(path.schedule.sigma(0.0)) if source_std is None else source_std
+    with jax.enable_x64(True):
+        ts = jnp.linspace(0.05, 0.95, 7)
+        a = jax.vmap(lambda t: path.interpolate(jnp.zeros(()), jnp.ones(()), t))(ts)
+        b = jax.vmap(lambda t: path.interpolate(jnp.asarray(s0), jnp.zeros(()), t))(ts)
+        # The paths' hyper-parameters were made in float32 (outside x64): agreement to float32 rounding, 1e-6.
+        np.testing.assert_allclose(jax.vmap(path.snr)(ts), a / b, rtol=1e-6)
+        np.testing.assert_allclose(jax.vmap(lambda t: path.snr_inverse(path.snr(t)))(ts), ts, rtol=1e-6)
+    assert isinstance(path, P.AbstractSignalToNoise) and not isinstance(P.KacPath(), P.AbstractSignalToNoise)
