@@ -252,3 +252,16 @@ def test_kac_reference_prior_is_kac_noise_plus_fresh_data():
     x1 = np.ones((n, 2), np.float32)
     zt = jax.vmap(path.sample_conditional, in_axes=(0, 0, None))(jax.random.split(jax.random.key(1), n), x1, 0.5)
     assert np.all(np.abs(np.asarray(zt.z_t - x1).mean(0)) < 5 * np.sqrt(float(kac.variance(0.5, 9.0, 3.0)) / n))
+
+
+def test_missing_inception_weights_are_a_one_line_error_before_training(tmp_path):
+    from experiments.configs import cifar10_cond_ot
+    from experiments.train_images import validate as validate_images
+
+    config = cifar10_cond_ot.get_config()
+    config.eval.inception_weights = str(tmp_path / "missing.npz")
+    with pytest.raises(common.ConfigError) as err:
+        validate_images(config)
+    message = str(err.value)
+    assert "\n" not in message and str(tmp_path / "missing.npz") in message
+    assert "python -m fm_jax.models.convert_inception" in message
