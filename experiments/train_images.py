@@ -1,6 +1,7 @@
 """`train_and_evaluate(config, workdir)` for images: one registered path, a U-Net, a tfds data source.
 
     python -m experiments.train_images --config experiments/configs/mnist_cond_ot.py --workdir workdir/mnist
+    python -m experiments.train_images --config experiments/configs/cifar10_ko.py --workdir workdir/cifar10_ko
 
 The same skeleton as the toys (`fm_jax.training.fit`): config checked before the first step, Orbax checkpoints
 under `<workdir>/checkpoints` (every `train.checkpoint_every` steps, keep `train.keep_checkpoints`; SIGTERM
@@ -10,12 +11,23 @@ over `data`, parameters split over a `model` axis of size `train.model_axis`); `
 with float32 parameters; `train.steps_per_call` = K steps per compiled call (scan over K stacked batches).
 Data come through `fm_jax.data.images` (grain loader over this host's shard, dequantised to [−1, 1)); on resume
 the loader is reseeded with the step (the data order after a resume differs from an uninterrupted run's).
-At every step count in `eval.at_steps` the EMA model draws `eval.num_samples` images with each solver run of
-`eval` (`experiments.evaluation`), scored by MNIST-FID for 28×28×1 data (the classifier is trained once and cached
-under `eval.cache_dir`), and a sample grid is written.
+
+Evaluation, at every step count in `eval.at_steps`, of the EMA model (`experiments.evaluation`):
+- FID of `eval.num_samples` samples (drawn `eval.batch_size` at a time) for each solver run of `eval`
+  (`eval.solver` at each of `eval.step_counts`, `eval.adaptive_solver` with its NFE, EDM's sampler where
+  `eval.edm_sampler` is set and the path has a signal-to-noise ratio). Features: for 28×28×1 data the MNIST
+  classifier (trained once, cached under `eval.cache_dir`); for RGB data the FID Inception-v3 from the weights file
+  `eval.inception_weights` ("" = `$FM_JAX_INCEPTION_WEIGHTS` or `~/.cache/fm_jax/inception_v3_fid.npz`; a missing
+  file is a one-line error before training naming the file and the converter command). Reference statistics of
+  the train split are computed once and cached beside the data (`<data_dir>/<name>/fid_stats/`, keyed by the
+  weights' fingerprint); `real_test_fid` is the FID of as many real test images: the floor at this sample size.
+- `kinetic_energy_per_dim` of the Euler trajectories with the most steps;
+- `bits_per_dim` ± `bits_per_dim_se` of the first `eval.nll_samples` test images (0: none; Hutchinson with
+  `eval.nll_probes` probes, `eval.nll_solver` at `eval.nll_tolerance`), for paths with a source density;
+- an 8×8 sample grid.
 
 Writes into `workdir`: `metrics.csv`, `tensorboard/`, `results.json` (one row per evaluated step count and solver
-run), `samples_<step>.png` (8×8 grids).
+run; bits/dim and kinetic energy repeated on each row of their step), `samples_<step>.png` (8×8 grids).
 """
 
 from __future__ import annotations
@@ -32,8 +44,9 @@ import numpy as np
 from flax import nnx
 
 import fm_jax as fj
-from experiments import common, evaluation, registry
+from experiments import common, evaluation
 from fm_jax import distributed as fd
+from fm_jax import fid as fid_lib
 from fm_jax import image_metrics
 from fm_jax.data import images as image_data
 
@@ -97,6 +110,43 @@ def _mnist_reference(cache_dir: str, data_dir: str | None, classifier_steps: int
     return net, ref, real_fid
 
 
+def inception_weights_path(e) -> str | None:
+    """The Inception weights file an eval block names (None: the block has no `inception_weights` field)."""
+    if "inception_weights" not in e:
+        return None
+    return os.path.expanduser(e.inception_weights or fj.image_metrics.default_inception_weights_path())
+
+
+@functools.cache
+def _inception_reference(weights: str, name: str, data_dir: str | None, batch_size: int, num_real: int):
+    """(Inception network, train-split reference statistics, FID of `num_real` real test images), once per process
+    (every path of a table shares the compiled network)."""
+    net = fid_lib.inception_network(weights)
+    ref = fid_lib.dataset_reference_statistics(name, "train", net, data_dir=data_dir, batch_size=batch_size)
+    test = image_data.data_source(name, "test", data_dir)
+    n = min(num_real, len(test))
+    real = image_data.dequantize(np.stack([np.asarray(r["image"]) for r in test.__getitems__(range(n))]), 0.5,
+                                 image_data.dataset_levels(name))
+    real_fid = fid_lib.fid(real, ref, net, batch_size=batch_size) if n >= 2 else float("nan")
+    return net, ref, real_fid
+
+
+def feature_scores(config, data_shape):
+    """`score(samples) -> {fid columns}` for the run's data: MNIST-classifier FID for 28×28×1 data, Inception FID
+    for RGB data with an `eval.inception_weights` field, nothing otherwise."""
+    e, d = config.eval, config.dataset
+    if data_shape == (28, 28, 1):
+        net, ref, real_fid = _mnist_reference(e.cache_dir, d.data_dir, e.classifier_steps)
+        return lambda x: {"mnist_fid": image_metrics.fid(net.features, x, ref), "real_test_fid": real_fid,
+                          "classifier_accuracy": net.accuracy}
+    weights = inception_weights_path(e)
+    if data_shape[-1] == 3 and weights is not None:
+        batch = min(e.get("batch_size") or e.num_samples, e.num_samples)
+        net, ref, real_fid = _inception_reference(weights, d.name, d.data_dir, batch, e.num_samples)
+        return lambda x: {"fid": fid_lib.fid(x, ref, net, batch_size=batch), "real_test_fid": real_fid}
+    return lambda x: {}
+
+
 def validate(config) -> None:
     """Every name and value of an image config, before any data is read (one-line `common.ConfigError`)."""
     for what, build in (("path", common.build_path), ("train.time_sampler", common.build_time_sampler)):
@@ -107,6 +157,12 @@ def validate(config) -> None:
     t, e = config.train, config.eval
     common.validate_train(t)
     evaluation.validate(e)
+    weights = inception_weights_path(e)
+    if weights is not None and not os.path.exists(weights):
+        try:
+            fj.models.inception.load_fid_inception(weights)  # raises, naming the file and the converter command
+        except FileNotFoundError as err:
+            raise common.ConfigError(f"eval.inception_weights: {err}") from None
     at_steps = sorted(set(e.at_steps))
     common.require(all(s % t.steps_per_call == 0 for s in at_steps) and at_steps and at_steps[-1] <= t.steps,
                    f"eval.at_steps={tuple(e.at_steps)} must be multiples of train.steps_per_call={t.steps_per_call}"
@@ -168,32 +224,52 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> list[d
             stacked = image_data.stack_batches(batches, t.steps_per_call)
             return steps_fn(s, fd.shard_batch({"image": stacked["image"]}, mesh, batch_axis=1), path_r)
 
-        features = None
-        if data_shape == (28, 28, 1):
-            net, ref, real_fid = _mnist_reference(e.cache_dir, d.data_dir, e.classifier_steps)
-            features = net.features
-        results = _results(workdir, start_step)
-        n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
+        scorer = []  # built at the first evaluation (a run killed while training never loads the feature network)
 
         def score(x):
-            return {} if features is None else {"mnist_fid": image_metrics.fid(features, x, ref),
-                                                "real_test_fid": real_fid, "classifier_accuracy": net.accuracy}
+            if not scorer:
+                scorer.append(feature_scores(config, data_shape))
+            return scorer[0](x)
+
+        results = _results(workdir, start_step)
+        n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
+        nll_images = None
+        if e.get("nll_samples") and evaluation.has_likelihood(path):
+            test = image_data.data_source(d.name, "test", d.data_dir)
+            nll_images = np.stack([np.asarray(r["image"]) for r in
+                                   test.__getitems__(range(min(e.nll_samples, len(test))))])
+        e_run = e
+        if e.get("edm_sampler") and not evaluation.can_sample_edm(path):
+            e_run = e.copy_and_resolve_references()
+            del e_run["edm_sampler"]  # no signal-to-noise ratio: no EDM grid for this path
+            print(f"{config.path.name}: no signal-to-noise ratio, the EDM sampler is skipped", flush=True)
 
         def evaluate_at(step, s, row):
             if step not in at_steps:
                 return
             begin = time.perf_counter()
             ema = jax.device_get(s.ema_params)
-            scores = evaluation.evaluate(jax.random.key(config.seed + 1), path, eval_apply, ema, e, data_shape,
-                                         score)
+            key = jax.random.key(config.seed + 1)
+            scores = evaluation.evaluate(key, path, eval_apply, ema, e_run, data_shape, score, kinetic_energy=True,
+                                         keep_samples=64)
+            extra = {}
+            ke = [m["kinetic_energy_per_dim"] for m in scores.values() if "kinetic_energy_per_dim" in m]
+            if ke:
+                extra["kinetic_energy_per_dim"] = ke[0]
+            if nll_images is not None:
+                extra.update(evaluation.bits_per_dim_of_images(jax.random.fold_in(key, 7), path, eval_apply, ema,
+                                                               e, nll_images, levels))
+            grid = None
+            steps_of = {tag: "adaptive" if n is None else n for tag, _, n in evaluation.solver_runs(e_run)}
             for tag, m in scores.items():
+                grid = m.pop("_samples", grid)
+                m.pop("kinetic_energy_per_dim", None)
                 results.append({"path": config.path.name, "dataset": d.name, "step": step, "solver": tag,
-                                "train_seconds": row["seconds"], "loss": row["loss"], **m,
-                                "num_samples": e.num_samples, "params": int(n_params),
+                                "solver_steps": steps_of[tag], "train_seconds": row["seconds"], "loss": row["loss"],
+                                **m, **extra, "num_samples": e.num_samples, "params": int(n_params),
                                 "eval_seconds": round(time.perf_counter() - begin, 1)})
-            grid = fj.sample(jax.random.key(config.seed + 1), path, eval_apply, ema, min(64, e.num_samples),
-                             data_shape, solver=registry.get_solver(e.solver), num_steps=max(e.step_counts)).samples
-            save_grid(np.asarray(grid), os.path.join(workdir, f"samples_{step}.png"), levels)
+            if grid is not None:
+                save_grid(np.asarray(grid), os.path.join(workdir, f"samples_{step}.png"), levels)
             with open(os.path.join(workdir, "results.json"), "w") as f:
                 json.dump({"config": config.to_dict(), "rows": results}, f, indent=1, default=str)
             if progress:
@@ -216,9 +292,15 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> list[d
     return results
 
 
+def start_processes(config) -> tuple[int, int]:
+    """`jax.distributed` for a multi-host launch (`fm_jax.distributed.initialize_from_env`: coordinator environment
+    variables, SLURM/MPI, or the TPU metadata with `train.auto_detect`); a no-op for one process. Before any JAX op.
+    """
+    return fd.initialize_from_env(auto_detect=bool(config.train.get("auto_detect", False)))
 
 
 def main(config, workdir: str):
+    start_processes(config)
     rows = train_and_evaluate(config, workdir)
     print(f"{len(rows)} evaluation rows written to {os.path.join(workdir, 'results.json')}")
 

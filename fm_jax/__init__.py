@@ -27,6 +27,7 @@ from .losses import flow_matching_loss as flow_matching_loss
 from .paths.base import PathSample as PathSample
 from .sampling import log_likelihood as log_likelihood
 from .sampling import sample as sample
+from .sampling import sample_edm as sample_edm
 from .sampling import sample_from as sample_from
 from .training import TrainState as TrainState
 from .training import init_train_state as init_train_state

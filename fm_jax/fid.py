@@ -161,8 +161,28 @@ def fid_from_statistics(a: FeatureStatistics, b: FeatureStatistics) -> float:
 
 
 def fid_from_features(features: Array, reference: FeatureStatistics) -> float:
-    """FID of a feature set (n, F) against reference statistics (float64, host)."""
-    return fid_from_statistics(feature_statistics_from_features(features), reference)
+    """FID of a feature set (n, F) against reference statistics (float64, host).
+
+    With fewer vectors than dimensions (n − 1 < F) the sample covariance is Σ = AᵀA with A = (f − μ)/sqrt(n − 1)
+    of rank ≤ n − 1, and the non-zero eigenvalues of Σ Σ_ref are those of the n×n matrix A Σ_ref Aᵀ, so
+    tr (Σ Σ_ref)^{1/2} = Σ_i sqrt(λ_i(A Σ_ref Aᵀ)) exactly: O(n F²) instead of two F×F eigen-decompositions
+    (2048² Inception features, a few hundred samples). Otherwise `fid_from_statistics`.
+    """
+    f = np.asarray(features, np.float64).reshape(len(features), -1)
+    n, dim = f.shape
+    if n < 2:
+        raise ValueError(f"need at least 2 feature vectors for a covariance, got {n}")
+    if not np.all(np.isfinite(f)):
+        raise ValueError("features contain NaN or inf (non-finite samples?)")
+    if n - 1 >= dim:
+        return fid_from_statistics(feature_statistics_from_features(f), reference)
+    mu = f.mean(0)
+    a = (f - mu) / np.sqrt(n - 1)
+    ref_cov = np.asarray(reference.cov, np.float64)
+    m = a @ ref_cov @ a.T
+    tr_sqrt = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)))
+    diff = mu - np.asarray(reference.mean, np.float64)
+    return float(diff @ diff + np.sum(a * a) + np.trace(ref_cov) - 2.0 * tr_sqrt)
 
 
 def fid(samples, reference_stats: FeatureStatistics, feature_fn: FeatureFn, *, batch_size: int = 500) -> float:
@@ -174,7 +194,10 @@ def fid(samples, reference_stats: FeatureStatistics, feature_fn: FeatureFn, *, b
     samples = np.asarray(samples)
     if not np.all(np.isfinite(samples)):
         return float("nan")
-    stats = feature_statistics(np.clip(samples, -1.0, 1.0), feature_fn, batch_size=batch_size)
+    x = np.clip(samples, -1.0, 1.0)
+    if len(x) <= len(reference_stats.mean):  # fewer samples than features: the exact low-rank form
+        return fid_from_features(compute_features(x, feature_fn, batch_size=batch_size), reference_stats)
+    stats = feature_statistics(x, feature_fn, batch_size=batch_size)
     return fid_from_statistics(stats, reference_stats)
 
 

@@ -195,7 +195,17 @@ def log_likelihood_hutchinson(
 
 
 def bits_per_dim(log_prob: Array, num_dims: int, levels: int = 256) -> Array:
-    """Bits/dim of dequantised data from log p_x in the [−1, 1] scaling: −(log p_x + D log(2/L)) / (D log 2)."""
+    """Bits/dim of dequantised data from log p_x in the [−1, 1] scaling: −(log p_x + D log(2/L)) / (D log 2).
+
+    Change of variables: grey levels k ∈ {0, …, L−1}^D are dequantised to y = k + u, u ~ U[0, 1)^D, and scaled to
+    x = 2y/L − 1 ∈ [−1, 1)^D (`fm_jax.data.images.dequantize`). A density p_x on x is the density
+    p_y(y) = p_x(x) |dx/dy| = p_x(x) (2/L)^D on y, and uniform dequantisation bounds the discrete model
+    P(k) = ∫_{[0,1)^D} p_y(k + u) du from below by Jensen (Theis et al. 2016; Ho et al. 2020 §3.3):
+        −log₂ P(k) / D ≤ E_u[−log p_x(x) − D log(2/L)] / (D log 2) = E_u[−log₂ p_x(x)] / D + log₂(L/2).
+    So this function is the single-draw estimate of that bound; e.g. the uniform density p_x = 2^{−D} on [−1, 1)^D
+    gives exactly log₂ L (8 for 8-bit data), and the bound is tight when p_x is constant on every bin.
+    Args: log_prob (...): log p_x(x) in nats; num_dims: D; levels: L. Returns bits/dim (...).
+    """
     return -(log_prob + num_dims * math.log(2.0 / levels)) / (num_dims * math.log(2.0))
 
 

@@ -216,25 +216,25 @@ def test_unread_field_check_can_fail():
     assert not re.search(r"\.some_unused_setting\b", code)
 
 
-def test_image_training_smoke_writes_fid_grid_and_checkpoints(tmp_path):
+def test_image_training_smoke_writes_mnist_fid_and_grid(tmp_path):
+    # The MNIST-classifier branch of the image trainer at the smallest size (the CIFAR-10 pipeline, checkpoints,
+    # SIGKILL and resume, TensorBoard and the table are tests/test_image_pipeline.py).
     from experiments.configs import mnist_cond_ot
     from experiments.train_images import train_and_evaluate as train_images
 
     config = mnist_cond_ot.get_config()
-    config.train.steps, config.train.steps_per_call, config.train.checkpoint_every = 20, 10, 10
-    config.eval.at_steps, config.eval.num_samples, config.eval.step_counts = (20,), 32, (2,)
-    config.eval.cache_dir, config.eval.classifier_steps = str(tmp_path / "cache"), 100
+    config.model.update(dict(channels=8, channel_mult=(1,), attention_resolutions=(), num_heads=1))
+    config.train.steps, config.train.steps_per_call, config.train.checkpoint_every = 10, 10, 10
+    config.eval.at_steps, config.eval.num_samples, config.eval.step_counts = (10,), 16, (2,)
+    config.eval.cache_dir, config.eval.classifier_steps = str(tmp_path / "cache"), 20
+    config.log.tensorboard = False
     rows = train_images(config, str(tmp_path / "run"), progress=False)
-    assert rows[-1]["step"] == 20 and np.isfinite(rows[-1]["loss"]) and rows[-1]["mnist_fid"] > 0
-    assert rows[-1]["solver"] == "euler2" and rows[-1]["nfe"] == 2
-    run = tmp_path / "run"
-    assert (run / "samples_20.png").exists() and sorted(os.listdir(run / "checkpoints"))[:2] == ["10", "20"]
-    lines = (run / "metrics.csv").read_text().splitlines()
-    assert lines[0].startswith("step,loss") and [r.split(",")[0] for r in lines[1:]] == ["10", "20"]
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(run / "tensorboard"))
+    assert [r["step"] for r in rows] == [10] and np.isfinite(rows[-1]["loss"]) and rows[-1]["mnist_fid"] > 0
+    assert rows[-1]["solver"] == "euler2" and rows[-1]["nfe"] == 2 and rows[-1]["kinetic_energy_per_dim"] > 0
+    assert "bits_per_dim" not in rows[-1]  # eval.nll_samples = 0
+    assert (tmp_path / "run" / "samples_10.png").exists()
     # Relaunching a finished run restores it and keeps its evaluation rows.
-    again = train_images(config, str(run), progress=False)
-    assert [r["step"] for r in again] == [20]
+    assert [r["step"] for r in train_images(config, str(tmp_path / "run"), progress=False)] == [10]
 
 
 def test_compare_writes_table_csv_and_plots(tmp_path):
@@ -312,3 +312,16 @@ def test_paper_skeleton_resumes_exactly_and_does_not_retrain_a_finished_run(tmp_
     np.testing.assert_array_equal(np.asarray(again.params["w"]), np.asarray(resumed.params["w"]))
     assert again_row["step"] == 7 and again_row["loss"] == pytest.approx(resumed_row["loss"], rel=1e-6)
     assert len(metrics) == len((tmp_path / "runs" / "toy" / "metrics.csv").read_text().splitlines())
+
+
+def test_missing_inception_weights_are_a_one_line_error_before_training(tmp_path):
+    from experiments.configs import cifar10_cond_ot
+    from experiments.train_images import validate as validate_images
+
+    config = cifar10_cond_ot.get_config()
+    config.eval.inception_weights = str(tmp_path / "missing.npz")
+    with pytest.raises(common.ConfigError) as err:
+        validate_images(config)
+    message = str(err.value)
+    assert "\n" not in message and str(tmp_path / "missing.npz") in message
+    assert "python -m fm_jax.models.convert_inception" in message

@@ -172,6 +172,27 @@ def test_fid_identical_sets_is_zero_and_sees_a_shift():
     assert M.FeatureStatistics is F.FeatureStatistics and M.frechet_distance is F.frechet_distance
 
 
+def test_fid_with_fewer_samples_than_features_is_the_full_formula():
+    # n − 1 < F: the n×n low-rank form must equal the F×F formula (same eigenvalues, exactly in exact arithmetic).
+    rng = np.random.default_rng(0)
+    ref_feats = rng.normal(size=(80, 40)) @ rng.normal(size=(40, 40))
+    ref = F.feature_statistics_from_features(ref_feats)
+    for n in (2, 9, 40):
+        f = rng.normal(size=(n, 40)) * 0.7 + 0.3
+        full = F.fid_from_statistics(F.feature_statistics_from_features(f), ref)
+        # float64 on both sides. The F×F route takes square roots of the rounding-level (~1e-16) eigenvalues of the
+        # singular product, each ~1e-8: F of them bound its error by ~F·1e-8 absolute (~1e-7 relative here).
+        np.testing.assert_allclose(F.fid_from_features(f, ref), full, rtol=1e-7)
+    # fid() takes that route for few samples (8 images, 16 features) and matches the statistics route.
+    proj = jax.random.normal(jax.random.key(0), (4 * 4 * 1, 16))
+    features = lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ proj)  # noqa: E731
+    images = np.asarray(jax.random.uniform(jax.random.key(1), (8, 4, 4, 1), minval=-1, maxval=1))
+    ref2 = F.feature_statistics(np.asarray(jax.random.uniform(jax.random.key(2), (50, 4, 4, 1), minval=-1,
+                                                              maxval=1)), features)
+    direct = F.fid_from_statistics(F.feature_statistics(images, features), ref2)
+    np.testing.assert_allclose(F.fid(images, ref2, features), direct, rtol=1e-6)  # float32 features, two routes
+
+
 def test_reference_statistics_cache(tmp_path):
     calls = []
 

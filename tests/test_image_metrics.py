@@ -78,3 +78,28 @@ def test_bits_per_dim_of_uniform_is_log2_levels():
     # Uniform on [−1, 1]^d has log p = −d log 2: 8 bits for 256 levels, log2(17) for 17.
     np.testing.assert_allclose(M.bits_per_dim(jnp.asarray(-d * math.log(2.0)), d, 256), 8.0, rtol=1e-6)
     np.testing.assert_allclose(M.bits_per_dim(jnp.asarray(-d * math.log(2.0)), d, 17), math.log2(17), rtol=1e-6)
+
+
+def test_dequantised_bits_per_dim_of_a_gaussian_bounds_the_discrete_answer():
+    # Known answer: x = 2(k + u)/L − 1 under p_x = N(0, s²) per dimension. The single-draw estimate averages to
+    # E_u[−log p_x(x)] = Σ_d [(c_d² + h²/12) / (2 s²) + log(s √(2π))] (c_d the bin centre, h = 2/L the bin width),
+    # which bounds −log₂ P(k) with P(k) = Π_d [Φ((c_d + h/2)/s) − Φ((c_d − h/2)/s)] from above, by ≤ Σ (c/s²)² h²/24.
+    from scipy.stats import norm
+
+    from fm_jax.data.images import dequantize
+
+    levels, s, d, n = 256, 0.5, 16, 20_000
+    rng = np.random.default_rng(0)
+    k = rng.integers(0, levels, (d,), dtype=np.uint8)
+    u = rng.random((n, d), dtype=np.float32)
+    x = np.asarray(dequantize(np.broadcast_to(k, (n, d)), u, levels), np.float64)
+    log_p = np.sum(norm.logpdf(x, scale=s), axis=-1)
+    bpd = np.asarray(M.bits_per_dim(jnp.asarray(log_p), d, levels), np.float64)
+    h = 2.0 / levels
+    c = 2.0 * (k + 0.5) / levels - 1.0
+    expected_neg_log_p = np.sum((c**2 + h**2 / 12) / (2 * s**2) + math.log(s * math.sqrt(2 * math.pi)))
+    bound = (expected_neg_log_p - d * math.log(h)) / (d * math.log(2.0))
+    np.testing.assert_allclose(bpd.mean(), bound, atol=5 * bpd.std() / math.sqrt(n))  # 5 standard errors
+    exact = -np.sum(np.log2(norm.cdf((c + h / 2) / s) - norm.cdf((c - h / 2) / s))) / d
+    gap = bound - exact
+    assert 0.0 <= gap <= np.sum((c / s**2) ** 2 * h**2 / 24) / (d * math.log(2.0)) * 1.01 + 1e-12, gap

@@ -183,3 +183,108 @@ def test_sampler_and_likelihood_compile_once_across_params_and_hyper_parameters(
         log_likelihood(path, apply, jnp.asarray(scale), x, solver=diffrax.Euler(), num_steps=3)
         counts.append(len(traces))
     assert counts[0] > 0 and counts[1] == counts[2] == counts[0], counts
+
+
+# -- EDM's grid and sampler ----------------------------------------------------------------------------------------
+
+
+def test_edm_sigmas_endpoints_monotone_and_formula():
+    from fm_jax.sampling import edm_sigmas
+
+    s = np.asarray(edm_sigmas(18), np.float64)
+    assert s.shape == (19,) and s[-1] == 0.0
+    np.testing.assert_allclose([s[0], s[-2]], [80.0, 0.002], rtol=1e-5)  # float32 powers of ρ = 7
+    assert np.all(np.diff(s) < 0)
+    # Karras et al. 2022, Eq. 5 written out in float64 for one interior index.
+    i = 5
+    ref = (80 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+    np.testing.assert_allclose(s[i], ref, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(edm_sigmas(1)), [80.0, 0.0], rtol=1e-6)
+    with pytest.raises(ValueError, match="positive"):
+        edm_sigmas(0)
+
+
+@pytest.mark.parametrize("path", [P.AffinePath(P.CondOT()), P.AffinePath(P.VP()), P.OscillationHGFPath(0.5, 2.0)],
+                         ids=["cond_ot", "vp", "hgf_osc"])
+def test_edm_time_grid_maps_noise_levels_through_the_snr(path):
+    from fm_jax.sampling import edm_sigmas, edm_time_grid
+
+    with jax.enable_x64(True):
+        ts = np.asarray(edm_time_grid(path.snr_inverse, 18, 0.002, 80.0, 7.0))
+        sig = np.asarray(edm_sigmas(18, 0.002, 80.0, 7.0))
+        assert ts.shape == (19,) and ts[-1] == 1.0 and 0.0 < ts[0] and np.all(np.diff(ts) > 0)
+        # The path's own noise-to-signal ratio at the grid times is EDM's sigma. float64; VP loses ~5e-9 relative
+        # near t = 1 (sigma = 0.002), where its clock s = 1 - t is recovered from log alpha ~ -2e-6.
+        noise_to_signal = np.asarray(jax.vmap(lambda t: 1.0 / path.snr(t))(jnp.asarray(ts[:-1])))
+        np.testing.assert_allclose(noise_to_signal, sig[:-1], rtol=1e-7)
+    if isinstance(path, P.AffinePath) and isinstance(path.schedule, P.CondOT):
+        # Closed form for Cond-OT: sigma(t) = (1 - t) / t, so t = 1 / (1 + sigma).
+        np.testing.assert_allclose(ts[:-1], 1.0 / (1.0 + sig[:-1]), rtol=1e-6)
+        if isinstance(path, P.AffinePath) and isinstance(path.schedule, P.VP):
+            # The closed form sigma(t)/alpha(t) of the VP schedule (float64; the inverse is its own closed form).
+            sch = path.schedule
+            ratio = np.asarray(jax.vmap(lambda t: sch.sigma(t) / sch.alpha(t))(jnp.asarray(ts[:-1])))
+            np.testing.assert_allclose(ratio, sig[:-1], rtol=1e-7)
+
+
+def test_edm_sampler_is_heun_then_one_euler_step_with_2n_minus_1_evaluations():
+    from fm_jax import sample_edm
+    from fm_jax.sampling import edm_time_grid
+
+    calls = []
+
+    def apply(params, z, t):
+        jax.debug.callback(lambda: calls.append(1))
+        return params * z * (1.0 + t)
+
+    path = P.AffinePath(P.CondOT())
+    n, key = 6, jax.random.key(3)
+    res = sample_edm(key, path, apply, jnp.asarray(-0.7), 5, (2,), num_steps=n)
+    jax.effects_barrier()
+    assert int(res.nfe) == 2 * n - 1 == len(calls)
+    # By hand: start from the path's noise part at t_0, Heun on t_0 … t_{N−1}, Euler to t_N = 1.
+    ts = np.asarray(edm_time_grid(path.snr_inverse, n), np.float64)
+    f = lambda t, z: -0.7 * z * (1.0 + t)  # noqa: E731
+    x0 = np.asarray(jax.vmap(lambda k: path.sample_source(k, (2,)))(jax.random.split(key, 5)), np.float64)
+    z = (1.0 - ts[0]) * x0
+    for a, b in zip(ts[:-2], ts[1:-1]):
+        d = f(a, z)
+        z_pred = z + (b - a) * d
+        z = z + (b - a) * 0.5 * (d + f(b, z_pred))
+    z = z + (ts[-1] - ts[-2]) * f(ts[-2], z)
+    np.testing.assert_allclose(np.asarray(res.samples), z, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(res.ts), ts, rtol=1e-6)
+
+
+def test_edm_sampler_compiles_once_across_sigmas_and_refuses_paths_without_snr():
+    from fm_jax import sample_edm
+
+    traces = []
+
+    def apply(params, z, t):
+        traces.append(1)
+        return params * z
+
+    counts = []
+    for smin, smax in ((0.002, 80.0), (0.01, 20.0), (0.02, 50.0)):
+        sample_edm(jax.random.key(0), P.AffinePath(P.CondOT()), apply, jnp.asarray(0.5), 3, (2,), num_steps=4,
+                   sigma_min=jnp.asarray(smin), sigma_max=jnp.asarray(smax))
+        counts.append(len(traces))
+    assert counts[0] > 0 and counts[0] == counts[1] == counts[2], counts
+    with pytest.raises(TypeError, match="signal-to-noise"):
+        sample_edm(jax.random.key(0), P.KacPath(), apply, jnp.asarray(0.5), 3, (2,), num_steps=4)
+
+
+@pytest.mark.parametrize("path,source_std", [(P.AffinePath(P.CondOT()), 1.0), (P.AffinePath(P.VP()), None),
+                                             (P.OscillationHGFPath(0.5, 2.0), 4.0)], ids=["cond_ot", "vp", "hgf_osc"])
+def test_snr_is_the_interpolants_signal_over_noise_and_inverts(path, source_std):
+    # x_t = a(t) x1 + b(t) ε with x0 = source_std · ε: a = interpolate(0, 1, t), b = interpolate(source_std, 0, t).
+    s0 = float(path.schedule.sigma(0.0)) if source_std is None else source_std
+    with jax.enable_x64(True):
+        ts = jnp.linspace(0.05, 0.95, 7)
+        a = jax.vmap(lambda t: path.interpolate(jnp.zeros(()), jnp.ones(()), t))(ts)
+        b = jax.vmap(lambda t: path.interpolate(jnp.asarray(s0), jnp.zeros(()), t))(ts)
+        # The paths' hyper-parameters were made in float32 (outside x64): agreement to float32 rounding, 1e-6.
+        np.testing.assert_allclose(jax.vmap(path.snr)(ts), a / b, rtol=1e-6)
+        np.testing.assert_allclose(jax.vmap(lambda t: path.snr_inverse(path.snr(t)))(ts), ts, rtol=1e-6)
+    assert isinstance(path, P.AbstractSignalToNoise) and not isinstance(P.KacPath(), P.AbstractSignalToNoise)

@@ -2,7 +2,14 @@
 
 Per-table files (`mnist_<path>.py`, `cifar10_<path>.py`) call `mnist(name, **kwargs)` / `cifar10(name, **kwargs)`
 with a registered path name (`experiments.registry.PATHS`) and its keyword arguments, and override what that
-path needs. Every field is read by `experiments.train_images`.
+path needs. Every field is read by `experiments.train_images` (its docstring lists the evaluation protocol).
+
+eval fields: `at_steps` (training steps at which the EMA model is evaluated), `num_samples` (FID samples) drawn
+`batch_size` at a time, `solver` at each of `step_counts` plus `adaptive_solver` ("" = none; its NFE reported),
+`nll_samples` test images for bits/dim (0 = none) with `nll_probes` Hutchinson probes and `nll_solver` at
+`nll_tolerance` (rtol = atol); MNIST: the classifier (`classifier_steps`, cached in `cache_dir`); CIFAR-10:
+`inception_weights` (the converted FID Inception file; "" = the default location). Optional `edm_sampler`
+= {num_steps, sigma_min, sigma_max, rho} adds EDM's Heun sampler (`configs/cifar10_hgf.py`).
 """
 
 import ml_collections
@@ -25,10 +32,12 @@ def mnist(path: str, **path_kwargs) -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(
         dict(steps=1000, batch_size=64, learning_rate=2e-3, warmup_steps=50, final_lr_fraction=0.1,
              clip_norm=1.0, ema_decay=0.995, steps_per_call=10, time_sampler=spec("uniform"),
-             checkpoint_every=250, keep_checkpoints=2, max_bad_steps=50, model_axis=1, bf16=False)
+             checkpoint_every=250, keep_checkpoints=2, max_bad_steps=50, model_axis=1, bf16=False,
+             auto_detect=False)
     )
     c.eval = ml_collections.ConfigDict(
-        dict(at_steps=(250, 500, 1000), num_samples=500, solver="euler", step_counts=(20,), adaptive_solver="",
+        dict(at_steps=(250, 500, 1000), num_samples=500, batch_size=500, solver="euler", step_counts=(20,),
+             adaptive_solver="", nll_samples=0, nll_probes=1, nll_solver="dopri5", nll_tolerance=1e-5,
              cache_dir="results/images/cache", classifier_steps=2000)
     )
     c.log = ml_collections.ConfigDict(dict(tensorboard=True, verbose=False))
@@ -40,8 +49,12 @@ def cifar10(path: str, **path_kwargs) -> ml_collections.ConfigDict:
     dropout 0.1; 38 M parameters), Adam 2e-4, batch 128, EMA 0.9999, 400k steps (KO/Kac papers' protocol),
     bf16 compute, 100 steps per compiled call.
 
-    Needs `cifar10` prepared as array_record in the data directory (see `fm_jax.data.images`). FID here has no
-    offline feature network: evaluation writes sample grids; Inception-FID needs the user's weights file.
+    Evaluation (the KO paper's Table 1 protocol, shared by every path so one table holds them all): Inception
+    FID of 50,000 samples with 20 / 50 / 100 Euler steps and adaptive dopri5 (with its NFE), bits/dim of the
+    10,000 test images (Hutchinson, one probe, dopri5 at 1e-5), kinetic energy of the 100-step Euler trajectories.
+
+    Needs `cifar10` prepared as array_record in the data directory (see `fm_jax.data.images`) and the converted
+    FID Inception weights (`python -m fm_jax.models.convert_inception`; `eval.inception_weights`).
     """
     c = mnist(path, **path_kwargs)
     c.dataset.name = "cifar10"
@@ -52,5 +65,7 @@ def cifar10(path: str, **path_kwargs) -> ml_collections.ConfigDict:
     c.train.update(dict(steps=400_000, batch_size=128, learning_rate=2e-4, warmup_steps=5000, final_lr_fraction=1.0,
                         ema_decay=0.9999, steps_per_call=100, checkpoint_every=10_000, keep_checkpoints=3,
                         max_bad_steps=200, bf16=True))
-    c.eval.update(dict(at_steps=(100_000, 200_000, 400_000), num_samples=1024, step_counts=(100,)))
+    c.eval.update(dict(at_steps=(100_000, 200_000, 400_000), num_samples=50_000, batch_size=500,
+                       step_counts=(20, 50, 100), adaptive_solver="dopri5", nll_samples=10_000))
+    c.eval.inception_weights = ""  # "": $FM_JAX_INCEPTION_WEIGHTS or ~/.cache/fm_jax/inception_v3_fid.npz
     return c

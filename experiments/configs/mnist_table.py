@@ -1,4 +1,4 @@
-"""The MNIST-5k table (`experiments.mnist_table`): path × MNIST-FID at a few training step counts.
+"""The MNIST-5k table (`experiments.mnist_table` = `experiments.image_table`): path × MNIST-FID by training step.
 
     python -m experiments.mnist_table --config experiments/configs/mnist_table.py --workdir results/images \
         [--config.table.paths='("cond_ot", "vp")' --config.train.steps=1000 --config.eval.at_steps='(500, 1000)']
@@ -16,5 +16,6 @@ from experiments.configs.image_base import mnist
 def get_config() -> ml_collections.ConfigDict:
     c = mnist("cond_ot")
     del c["path"]  # per row from configs/mnist_<label>.py
-    c.table = ml_collections.ConfigDict(dict(paths=("cond_ot", "vp", "ko", "kac", "hgf", "form"), collect=("",)))
+    c.table = ml_collections.ConfigDict(dict(dataset="mnist", paths=("cond_ot", "vp", "ko", "kac", "hgf", "form"),
+                                             collect=("",)))
     return c

@@ -426,9 +426,28 @@ def convert_pytorch_fid_weights(pth_path: str, out_path: str) -> str:
     if not isinstance(state, Mapping):
         raise ValueError(f"{pth_path!r} does not hold a state dict (got {type(state).__name__})")
     arrays = state_dict_to_arrays({k: v.detach().cpu().numpy() for k, v in state.items() if torch.is_tensor(v)})
+    return write_fid_inception_weights(arrays, out_path, source_sha256=_file_sha256(pth_path))
+
+
+def fid_inception_shapes() -> dict[str, tuple[int, ...]]:
+    """{name: shape} of every array a weights file holds (`Mixed_5b.branch1x1.conv.kernel`: HWIO, BatchNorm
+    `scale`, `bias`, `mean`, `var`)."""
+    return dict(_expected_shapes())
+
+
+def write_fid_inception_weights(arrays: Mapping[str, np.ndarray], out_path: str, *, source_sha256: str) -> str:
+    """Write this network's arrays (names and shapes of `fid_inception_shapes()`) as the .npz `load_fid_inception`
+    reads, recording `source_sha256` (the converted file's; anything else, e.g. "random", for weights made
+    otherwise). Written atomically; returns `out_path`."""
+    expected = _expected_shapes()
+    wrong = sorted(k for k in expected if k not in arrays or tuple(np.shape(arrays[k])) != expected[k])
+    if wrong or set(arrays) - set(expected):
+        raise ValueError(f"arrays do not match FIDInceptionV3: missing or wrong shape {wrong[:5]}, unknown "
+                         f"{sorted(set(arrays) - set(expected))[:5]}")
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     tmp = out_path + ".tmp.npz"
-    np.savez(tmp, __format__=_FORMAT, __source_sha256__=_file_sha256(pth_path), **arrays)
+    np.savez(tmp, __format__=_FORMAT, __source_sha256__=source_sha256,
+             **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
     os.replace(tmp, out_path)
     return out_path
 
@@ -502,8 +521,10 @@ __all__ = [
     "TF1Bilinear",
     "convert_pytorch_fid_weights",
     "default_inception_weights_path",
+    "fid_inception_shapes",
     "load_fid_inception",
     "preprocess",
     "quantize_to_uint8_levels",
     "state_dict_to_arrays",
+    "write_fid_inception_weights",
 ]

@@ -14,6 +14,7 @@ from .base import AbstractCouplablePath as AbstractCouplablePath
 from .base import AbstractFirstOrderPath as AbstractFirstOrderPath
 from .base import AbstractInterpolantPath as AbstractInterpolantPath
 from .base import AbstractPath as AbstractPath
+from .base import AbstractSignalToNoise as AbstractSignalToNoise
 from .base import AbstractSourceDensity as AbstractSourceDensity
 from .base import PathSample as PathSample
 from .base import interpolant_velocity as interpolant_velocity

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from .._checks import check_positive, is_concrete
 from .._typing import Array, Float, Key, Scalar
-from .base import AbstractInterpolantPath, AbstractSourceDensity
+from .base import AbstractInterpolantPath, AbstractSignalToNoise, AbstractSourceDensity
 
 
 def _array(x) -> Array:
@@ -251,7 +251,7 @@ class LinearVP(AbstractSchedule):
         return snr / jnp.sqrt(1.0 + snr**2)
 
 
-class AffinePath(AbstractInterpolantPath, AbstractSourceDensity):
+class AffinePath(AbstractInterpolantPath, AbstractSourceDensity, AbstractSignalToNoise):
     """Gaussian affine path x_t = alpha(t) x1 + sigma(t) eps with eps ~ N(0, I).
 
     The source law is N(0, sigma(0)^2 I) and a source draw is x0 = sigma(0) eps, so in terms of the source draw
@@ -275,6 +275,12 @@ class AffinePath(AbstractInterpolantPath, AbstractSourceDensity):
 
     def interpolate(self, x0: Float[Array, "*d"], x1: Float[Array, "*d"], t: Scalar) -> Float[Array, "*d"]:
         return self.schedule.alpha(t) * x1 + (self.schedule.sigma(t) / self.schedule.sigma(0.0)) * x0
+
+    def snr(self, t: Scalar) -> Scalar:
+        return self.schedule.snr(t)
+
+    def snr_inverse(self, snr: Scalar) -> Scalar:
+        return self.schedule.snr_inverse(snr)
 
     def velocity(self, x0: Float[Array, "*d"], x1: Float[Array, "*d"], t: Scalar) -> Float[Array, "*d"]:
         return self.schedule.d_alpha(t) * x1 + (self.schedule.d_sigma(t) / self.schedule.sigma(0.0)) * x0

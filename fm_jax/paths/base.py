@@ -19,6 +19,7 @@ Capabilities are types, not methods that raise; callers test them with `isinstan
 |---|---|---|
 | `AbstractCouplablePath` | `sample_conditional_given_source(key, z0, x1, t)` | a draw at t from a given source state |
 | `AbstractSourceDensity` | `source_log_prob(z0)` | the log-density of the source law (exact likelihood) |
+| `AbstractSignalToNoise` | `snr(t)`, `snr_inverse(snr)` | x_t = a(t) x1 + b(t) ε (Gaussian ε): SNR a/b, its inverse |
 
 `z0` is a draw of `sample_source` (a state at t = 0), so a coupling of source draws and data rows (e.g. minibatch
 optimal transport, `fm_jax.couplings`) can be applied before the path is sampled given both ends.
@@ -97,6 +98,23 @@ class AbstractSourceDensity(AbstractPath):
     @abc.abstractmethod
     def source_log_prob(self, z0: State) -> Scalar:
         """Log-density of the source law at one state `z0`."""
+
+
+class AbstractSignalToNoise(AbstractPath):
+    """A path whose state is x_t = a(t) x1 + b(t) ε (ε ~ N(0, I) independent of the data), with its signal-to-noise
+    ratio snr(t) = a(t) / b(t) increasing from 0 (or near it) at t = 0 to ∞ (or large) at t = 1.
+
+    EDM's noise level is σ = 1 / snr: x_t / a(t) = x1 + σ ε (Karras et al. 2022, Eq. 4 with s(t) = a(t)), which
+    maps noise-level grids such as EDM's ρ-schedule onto this path's time (`fm_jax.sampling.edm_time_grid`).
+    """
+
+    @abc.abstractmethod
+    def snr(self, t: Scalar) -> Scalar:
+        """a(t) / b(t) at scalar t."""
+
+    @abc.abstractmethod
+    def snr_inverse(self, snr: Scalar) -> Scalar:
+        """The time t with snr(t) = `snr` (scalar)."""
 
 
 class AbstractFirstOrderPath(AbstractPath):

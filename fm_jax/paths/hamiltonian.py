@@ -38,14 +38,20 @@ from .. import hamiltonian as ham
 from .._checks import check_positive, check_scalar_time, is_concrete
 from .._typing import Array, Float, Key, Scalar
 from .._util import as_float_array as _array
-from .base import AbstractFirstOrderPath, AbstractInterpolantPath, AbstractSourceDensity, PathSample
+from .base import (
+    AbstractFirstOrderPath,
+    AbstractInterpolantPath,
+    AbstractSignalToNoise,
+    AbstractSourceDensity,
+    PathSample,
+)
 
 
 def _gaussian_log_prob(z0: Array, std: Scalar) -> Scalar:
     return -0.5 * jnp.sum((z0 / std) ** 2) - z0.size * (jnp.log(std) + 0.5 * math.log(2 * math.pi))
 
 
-class OscillationHGFPath(AbstractInterpolantPath, AbstractSourceDensity):
+class OscillationHGFPath(AbstractInterpolantPath, AbstractSourceDensity, AbstractSignalToNoise):
     """Oscillation HGF: harmonic force F = -alpha^2 x, independent velocities v0 ~ N(0, sigma_v^2 I).
 
     Paper clock tau = T (1 - t), T = pi / (2 alpha); with z0 = v0 / alpha the source draw,
@@ -82,6 +88,13 @@ class OscillationHGFPath(AbstractInterpolantPath, AbstractSourceDensity):
     def interpolate(self, x0: Float[Array, "*d"], x1: Float[Array, "*d"], t: Scalar) -> Float[Array, "*d"]:
         x, _ = ham.oscillation_state(x1, self.alpha * x0, self.tau(t), self.alpha)
         return x
+
+    def snr(self, t: Scalar) -> Scalar:
+        """x_t = sin(pi t/2) x1 + cos(pi t/2) (sigma_v/alpha) eps: snr = tan(pi t/2) alpha / sigma_v."""
+        return jnp.tan(0.5 * math.pi * jnp.asarray(t)) * self.alpha / self.sigma_v
+
+    def snr_inverse(self, snr: Scalar) -> Scalar:
+        return jnp.arctan(jnp.asarray(snr) * self.sigma_v / self.alpha) * (2.0 / math.pi)
 
     def velocity(self, x0: Float[Array, "*d"], x1: Float[Array, "*d"], t: Scalar) -> Float[Array, "*d"]:
         _, v = ham.oscillation_state(x1, self.alpha * x0, self.tau(t), self.alpha)
