@@ -91,3 +91,35 @@ def test_train_steps_flat_equal_per_leaf(dtype, tol):
         # The EMA is the per-leaf recursion e ← 0.9 e + 0.1 p: after moving, it differs from the parameters.
         assert not np.allclose(np.asarray(s2.ema_params["hidden_layers"][0]["kernel"]),
                                np.asarray(s2.params["hidden_layers"][0]["kernel"]))
+
+
+# float64: `jax.nn.dot_product_attention` always takes its softmax in float32, ours in the input's precision, so
+# the two agree to float32 round-off (~1e-7 relative) there; bfloat16: both take logits and softmax in float32.
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-6), ("float64", 1e-6), ("bfloat16", 1e-6)])
+def test_unet_attention_equals_dot_product_attention(dtype, tol):
+    """The U-Net's written-out attention computes `jax.nn.dot_product_attention`'s function (and gradient)."""
+    from fm_jax.models.unet import AttentionBlock
+
+    with jax.enable_x64(dtype == "float64"):
+        dt = jnp.dtype(dtype)
+        blk = AttentionBlock(16, num_heads=2, num_groups=4, dtype=dt if dtype == "bfloat16" else None,
+                             rngs=nnx.Rngs(0))
+        blk.proj.kernel[...] = 0.3 * jax.random.normal(jax.random.key(5), blk.proj.kernel.shape)  # not zero-init
+        if dtype == "float64":
+            nnx.update(blk, jax.tree_util.tree_map(lambda p: p.astype(dt), nnx.state(blk)))
+        x = jax.random.normal(jax.random.key(1), (3, 5, 5, 16), jnp.float32 if dtype == "bfloat16" else dt)
+
+        def ref(x):
+            b, h, w, c = x.shape
+            qkv = blk.qkv(blk.norm(x)).reshape(b, h * w, 3, 2, c // 2)
+            return x + blk.proj(jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]).reshape(x.shape))
+
+        def loss(f):
+            return lambda x: jnp.sum(jnp.sin(f(x).astype(jnp.float32)))
+
+        ours, theirs = jax.jit(lambda x: blk(x))(x), jax.jit(ref)(x)
+        assert ours.dtype == theirs.dtype
+        scale = float(jnp.max(jnp.abs(theirs.astype(jnp.float32))))
+        np.testing.assert_allclose(np.asarray(ours, np.float64), np.asarray(theirs, np.float64), atol=tol * scale)
+        g1, g2 = jax.jit(jax.grad(loss(lambda x: blk(x))))(x), jax.jit(jax.grad(loss(ref)))(x)
+        np.testing.assert_allclose(np.asarray(g1, np.float64), np.asarray(g2, np.float64), atol=tol * 10)
