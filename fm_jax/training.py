@@ -80,9 +80,9 @@ def make_optimizer(
     `final_lr_fraction * learning_rate` at `total_steps`; without it, it warms up and stays constant.
     With `flatten` (default), the update runs over all parameters as one flat vector (`flat_update`): the
     same arithmetic (the clipping norm summed in another order), the optimiser state keeps its per-parameter
-    shapes, and the compiled step has a few fused loops instead of several per parameter leaf (a third less
-    HLO and compile time for a U-Net). Pass `flatten=False` when parameters are sharded over a model axis (the
-    flat vector would gather them).
+    shapes, and the compiled step has a few fused loops instead of several per parameter leaf (for the MNIST
+    U-Net: 37 % less HLO, 17 % less compile time). Pass `flatten=False` when parameters are sharded over a model
+    axis (the flat vector would gather them on every device).
     Raises ValueError for a learning rate that is not a positive finite number.
     """
     if not (math.isfinite(float(learning_rate)) and float(learning_rate) > 0):
@@ -148,7 +148,8 @@ def flat_update(inner: optax.GradientTransformation) -> optax.GradientTransforma
     the gradient, the parameters and every parameter-shaped part of the state concatenated, updated in one
     fused pass, and split back. Valid for transformations that treat the parameters as one vector
     (elementwise ones, and global-norm clipping): Adam, AdamW without a mask, schedules, `clip_by_global_norm`.
-    Trees that are not ≥ 2 leaves of one floating dtype go to `inner` unchanged.
+    Trees that are not ≥ 2 leaves of one floating dtype go to `inner` unchanged; state parts shaped like the
+    parameters must share their dtype (no `mu_dtype` other than the parameters').
     """
 
     def update(updates, state, params=None):
