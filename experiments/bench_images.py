@@ -537,8 +537,8 @@ def conv_stack(config, matmul) -> dict:
     tj, tt, mm, tv = [], [], [], {k: [] for k in variants}
     for _ in range(3 if config.quick else 7):
         tj.append(run_jax())
-        for k, c in variants.items():
-            tv[k].append(run_jax(c))
+        for k, variant in variants.items():
+            tv[k].append(run_jax(variant))
         if run_torch:
             tt.append(run_torch())
         mm.append(matmul())
