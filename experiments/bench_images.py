@@ -12,8 +12,11 @@ accelerator, or on CPU when `--config.cifar.cpu_batch` > 0):
   analysis of the step;
 - the same U-Net in PyTorch (`TorchUNet`: same widths, blocks, attention, GroupNorm, dropout, loss, Adam,
   clipping, EMA; same batch; `torch_threads` threads), with its FLOPs counted by PyTorch's own counter;
-- on CPU: XLA compiler-option variants of the MNIST step, and a stack of eight 3×3 convolutions (the U-Net's
-  main operation) in both frameworks, the best rate XLA:CPU reaches on convolutions.
+- on CPU: XLA compiler-option variants of the MNIST step, the step with the per-leaf optimiser
+  (`make_optimizer(flatten=False)`) beside the default flat one, a per-op-class profile of the step
+  (`experiments/profile_unet.py`: share of convolutions, normalisation, layout copies, optimiser), and a stack of
+  eight 3×3 convolutions (the U-Net's main operation) in both frameworks and under every XLA variant: the best
+  rate XLA:CPU reaches on convolutions.
 JAX, PyTorch and the matmul are timed in turn within every round (the machine may be shared); figures are medians
 over rounds, and the load average is recorded beside them. JSON goes to `<workdir>/bench_images.json`.
 `run(quick=...)` is the entry `experiments.bench` (`make bench`) calls to add these figures to its report.
@@ -117,12 +120,13 @@ def build_unet(m, rngs_seed: int = 0) -> fj.models.UNet:
 class JaxStep:
     """The image train step of `experiments/train_images.py` (Cond-OT, Adam + clipping, EMA), compiled once."""
 
-    def __init__(self, m, batch: int, seed: int, compiler_options: dict | None = None, model=None):
+    def __init__(self, m, batch: int, seed: int, compiler_options: dict | None = None, model=None,
+                 flatten: bool = True):
         self.path = P.AffinePath(P.CondOT())
         model = build_unet(m, seed) if model is None else model
         self.num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
         apply, params = fj.models.as_apply(model)
-        opt = fj.make_optimizer(m.learning_rate, clip_norm=m.clip_norm)
+        opt = fj.make_optimizer(m.learning_rate, clip_norm=m.clip_norm, flatten=flatten)
         loss_fn = functools.partial(fj.flow_matching_loss, apply=apply)
 
         def step(state, x1, path):
@@ -416,7 +420,9 @@ def bench_model(m, batch: int, config, *, with_torch: bool, matmul=None, variant
             vs[name] = JaxStep(m, batch, config.seed, dict(options))
         except Exception as err:  # an option this jaxlib does not take
             out.setdefault("xla_variants_failed", {})[name] = str(err).splitlines()[0][:200]
-    times = {"jax": [], "torch": [], "matmul_gflops": [], **{k: [] for k in vs}}
+    per_leaf = JaxStep(m, batch, config.seed, flatten=False) \
+        if variants is not None and config.get("compare_per_leaf_update") else None
+    times = {"jax": [], "torch": [], "matmul_gflops": [], "per_leaf": [], **{k: [] for k in vs}}
     loads = []
     for _ in range(rounds):
         times["jax"].append(jx.steps(n))
@@ -424,6 +430,8 @@ def bench_model(m, batch: int, config, *, with_torch: bool, matmul=None, variant
             times["torch"].append(th.steps(n))
         for k, v in vs.items():
             times[k].append(v.steps(n))
+        if per_leaf is not None:
+            times["per_leaf"].append(per_leaf.steps(n))
         if matmul is not None:
             times["matmul_gflops"].append(matmul())
         loads.append(_load()[0])
@@ -440,10 +448,23 @@ def bench_model(m, batch: int, config, *, with_torch: bool, matmul=None, variant
                           "achieved_gflops_xla_flops": jx.flops / med["torch"] / 1e9 if jx.flops else None,
                           "threads": config.torch_threads}
         out["speed_vs_pytorch"] = med["torch"] / sec
+    if per_leaf is not None:
+        out["per_leaf_update"] = {"compile_seconds": per_leaf.compile_seconds, "step_seconds": med["per_leaf"],
+                                  "flat_update_speedup": med["per_leaf"] / sec,
+                                  "flat_update_compile_ratio": jx.compile_seconds / per_leaf.compile_seconds}
     if vs:
         out["xla_variants"] = {
             k: {"options": dict(dict(variants)[k]), "compile_seconds": v.compile_seconds, "step_seconds": med[k],
                 "speed_vs_default": sec / med[k]} for k, v in vs.items()}
+    if config.get("profile") and jax.devices()[0].platform == "cpu":
+        from experiments import profile_unet
+
+        prof = profile_unet.profile_step(jx, 2 if config.quick else 5)
+        out["profile"] = {k: prof[k] for k in ("wall_ms_per_step", "summed_thunk_ms", "thunks", "by_class",
+                                               "by_phase", "load_before")}
+        out["profile"]["top_ops"] = prof["top_ops"][:10]
+        conv = sum(r["ms"] for r in prof["by_class"] if r["class"].startswith("conv"))
+        out["profile"]["conv_fraction"] = conv / prof["summed_thunk_ms"]
     # Sampling: images/s at `sample_steps` Euler steps.
     js = JaxSampler(m, m.sample_batch, config.seed)
     ts = TorchSampler(m, m.sample_batch, config.torch_threads) if with_torch else None
@@ -463,7 +484,11 @@ def bench_model(m, batch: int, config, *, with_torch: bool, matmul=None, variant
 
 
 def conv_stack(config, matmul) -> dict:
-    """Eight 3×3 convolutions + SiLU (batch 64, 28×28, 32 channels), forward + backward, JAX vs PyTorch."""
+    """Eight 3×3 convolutions + SiLU (batch 64, 28×28, 32 channels), forward + backward, JAX vs PyTorch.
+
+    Also compiled under each XLA option variant of the config (`xla_variants`), timed in the same rounds:
+    `best_xla_gflops` is the best rate any of these XLA:CPU configurations reaches on the U-Net's main operation.
+    """
     b, hw, c, layers = 64, 28, 32, 8
 
     def f(ws, x):
@@ -474,13 +499,22 @@ def conv_stack(config, matmul) -> dict:
 
     ws = [0.1 * jax.random.normal(jax.random.key(i), (3, 3, c, c)) for i in range(layers)]
     x = jax.random.normal(jax.random.key(99), (b, hw, hw, c))
-    compiled = jax.jit(jax.grad(f)).lower(ws, x).compile()
+    lowered = jax.jit(jax.grad(f)).lower(ws, x)
+    compiled = lowered.compile()
     flops = _flops(compiled)
     jax.block_until_ready(compiled(ws, x))
+    variants = {}
+    if config.try_xla_variants:
+        for name, options in config.xla_variants.to_dict().items():
+            try:
+                variants[name] = lowered.compile(compiler_options=dict(options))
+                jax.block_until_ready(variants[name](ws, x))
+            except Exception:  # an option this jaxlib does not take
+                continue
 
-    def run_jax():
+    def run_jax(c=compiled):
         start = time.perf_counter()
-        jax.block_until_ready(compiled(ws, x))
+        jax.block_until_ready(c(ws, x))
         return time.perf_counter() - start
 
     run_torch = None
@@ -500,18 +534,23 @@ def conv_stack(config, matmul) -> dict:
             return time.perf_counter() - start
 
         run_torch()
-    tj, tt, mm = [], [], []
+    tj, tt, mm, tv = [], [], [], {k: [] for k in variants}
     for _ in range(3 if config.quick else 7):
         tj.append(run_jax())
+        for k, variant in variants.items():
+            tv[k].append(run_jax(variant))
         if run_torch:
             tt.append(run_torch())
         mm.append(matmul())
     out = {"shape": [b, hw, hw, c], "layers": layers, "flops": flops, "jax_seconds": statistics.median(tj),
            "jax_gflops": flops / statistics.median(tj) / 1e9, "matmul_gflops_same_rounds": statistics.median(mm),
            "load_1min": _load()[0]}
+    out["xla_variants_gflops"] = {k: flops / statistics.median(v) / 1e9 for k, v in tv.items()}
+    out["best_xla_gflops"] = max([out["jax_gflops"], *out["xla_variants_gflops"].values()])
     if tt:
         out.update(pytorch_seconds=statistics.median(tt), pytorch_gflops=flops / statistics.median(tt) / 1e9,
                    speed_vs_pytorch=statistics.median(tt) / statistics.median(tj))
+        out["best_xla_vs_pytorch"] = out["best_xla_gflops"] / out["pytorch_gflops"]
     return out
 
 

@@ -25,6 +25,8 @@ def get_config():
         fast_runtime=dict(xla_cpu_opt_preset="CPU_OPT_PRESET_FAST_RUNTIME"),
     ))
     c.try_xla_variants = True  # only on CPU
+    c.compare_per_leaf_update = True  # also time the step with the per-leaf optimiser (make_optimizer(flatten=False))
+    c.profile = True  # on CPU: per-op-class breakdown of the MNIST step (experiments/profile_unet.py)
     # The CPU-sized MNIST model of experiments/configs/image_base.py (0.30 M parameters).
     c.mnist = ml_collections.ConfigDict(dict(
         enabled=True, image_size=28, in_channels=1, batch=64, channels=16, channel_mult=(1, 2, 2),

@@ -87,8 +87,15 @@ class AttentionBlock(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         b, h, w, c = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, h * w, 3, self.num_heads, c // self.num_heads)
-        out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+        d = c // self.num_heads
+        qkv = self.qkv(self.norm(x)).reshape(b, h * w, 3, self.num_heads, d)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        # softmax(q·k / √d)·v written out: the same arithmetic as `jax.nn.dot_product_attention`'s XLA path, but
+        # on XLA:CPU at 7×7 its forward + backward runs ~1.6× faster (no mask/bias broadcasts of (B, heads, N, N)).
+        # Logits and softmax in float32 or wider (as there), also under bfloat16 compute.
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.promote_types(q.dtype, jnp.float32))
+        logits = logits * d**-0.5
+        out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1).astype(v.dtype), v)
         return x + self.proj(out.reshape(b, h, w, c))
 
 
