@@ -69,11 +69,11 @@ def init_model(config, path, seed: int):
     return apply, params
 
 
-def make_optimizer(t):
-    """The optimiser of the train block `t`."""
+def make_optimizer(t, flatten: bool = True):
+    """The optimiser of the train block `t` (`flatten=False` where parameters are split over a model axis)."""
     return fj.make_optimizer(t.learning_rate, warmup_steps=t.warmup_steps, total_steps=t.steps,
                              final_lr_fraction=t.final_lr_fraction, weight_decay=t.get("weight_decay", 0.0),
-                             clip_norm=t.clip_norm)
+                             clip_norm=t.clip_norm, flatten=flatten)
 
 
 @functools.cache

@@ -42,7 +42,7 @@ def train_distributed(config, workdir: str, *, model_axis: int | None = None, bf
         apply = fd.mixed_precision(apply)
     loss_fn = functools.partial(fd.example_keyed_flow_matching_loss, apply=apply,
                                 time_sampler=common.build_time_sampler(config))
-    optimizer = make_optimizer(t)
+    optimizer = make_optimizer(t, flatten=model_axis == 1)  # a flat vector would gather model-split parameters
     mesh = fd.make_mesh(model=model_axis)
     step_fn = fd.make_sharded_train_step(loss_fn, optimizer, mesh, ema_decay=t.ema_decay)
     state = fd.shard_state(fj.init_train_state(jax.random.key(config.seed), params, optimizer), mesh)

@@ -204,7 +204,9 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> list[d
     if t.bf16:
         apply = fd.mixed_precision(apply)
     optimizer = fj.make_optimizer(t.learning_rate, warmup_steps=t.warmup_steps, total_steps=t.steps,
-                                  final_lr_fraction=t.final_lr_fraction, clip_norm=t.clip_norm)
+                                  final_lr_fraction=t.final_lr_fraction, clip_norm=t.clip_norm,
+                                  # one flat update vector would gather parameters split over a model axis
+                                  flatten=t.model_axis == 1)
     loss_fn = functools.partial(fj.flow_matching_loss, apply=apply, time_sampler=common.build_time_sampler(config))
     image_loss = lambda params, key, batch, path: loss_fn(params, key, batch["image"], path)  # noqa: E731
     mesh = fd.make_mesh(model=t.model_axis)
