@@ -17,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.plots = False
     c.log.tensorboard = False
     # 6,000 steps: Cond-OT's exact W2 on the checkerboard comes within 1.2x of the data-vs-data floor (2,000 steps:
-    # 1.4x) at a table wall time under 10 minutes on the project's 2-core CPU.
+    # 1.4x); the table then takes about 20 minutes on the project's 2-core CPU.
     c.train.steps = 6000
     c.table = ml_collections.ConfigDict(dict(paths=TOY_TABLE_PATHS, datasets=("moons", "8gaussians", "checkerboard")))
     return c
