@@ -1,6 +1,7 @@
 """Where the U-Net train step's time goes on XLA:CPU: a per-op profile of the compiled step, by op class.
 
-    python -m experiments.profile_unet [--steps 5] [--batch 64] [--json out.json]
+    python -m experiments.profile_unet --config experiments/configs/bench_images.py --workdir results \\
+        [--config.steps_per_round=5 --config.mnist.batch=64]
 
 Runs the MNIST train step of `experiments/bench_images.py` (the config's `mnist` model: Cond-OT loss, Adam with
 clipping, EMA) under `jax.profiler`, reads the per-thunk events of XLA:CPU's thunk executor from the Perfetto
@@ -20,7 +21,6 @@ of the summed thunk time, and the wall time per step is printed beside it with t
 
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import gzip
@@ -194,25 +194,22 @@ def format_report(rep: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
+def main(config, workdir: str):
+    """Profile the MNIST step of the bench_images config `config` (`config.mnist`, `config.steps_per_round`
+    profiled steps); print the report and write it to `<workdir>/profile_unet.json`."""
     from experiments import bench_images as B
-    from experiments.configs import bench_images as C
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--batch", type=int, default=0, help="0: the config's MNIST batch")
-    ap.add_argument("--json", default="", help="also write the report here")
-    args = ap.parse_args(argv)
-    m = C.get_config().mnist
-    js = B.JaxStep(m, args.batch or m.batch, 0)
-    rep = profile_step(js, args.steps)
+    js = B.JaxStep(config.mnist, config.mnist.batch, 0)
+    rep = profile_step(js, config.steps_per_round)
     rep["compile_seconds"] = js.compile_seconds
     print(f"compile {js.compile_seconds:.1f} s")
     print(format_report(rep))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rep, f, indent=2)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "profile_unet.json"), "w") as f:
+        json.dump(rep, f, indent=2)
 
 
 if __name__ == "__main__":
-    main()
+    from experiments import common
+
+    common.run(main, "experiments/configs/bench_images.py", "results")
