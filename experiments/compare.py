@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import fm_jax as fj
-from experiments import common, evaluation, plots, registry, tables
+from experiments import common, evaluation, plots, pool, registry, tables
 from experiments.toy_table import row_config
 from experiments.train import DATA_SHAPE, init_model, train, validate
 
@@ -77,30 +77,39 @@ def evaluate_grid(config, path, apply, params, reference, loglik_samples: int) -
     return rows
 
 
-def run_toys(config, progress=True) -> tuple[list[dict], dict]:
+def toy_cell(job) -> list[dict]:
+    """Train and evaluate one (path, dataset, seed) cell; its rows (the first-seed samples on the last row).
+    Checkpoints go to `<out>/runs/<path>-<dataset>-s<seed>/`, so an interrupted comparison resumes per cell.
+    (Module level: `pool.map_cells` pickles it into its workers.)"""
+    config, name, dataset, seed, out = job
+    cell_config = row_config(config, name, dataset, seed)
+    path = common.build_path(cell_config)
+    apply, params = init_model(cell_config, path, seed)
+    state, seconds, _ = train(cell_config, path, apply, params, os.path.join(out, "runs", f"{name}-{dataset}-s{seed}"),
+                              progress=False)
+    data_fn = common.build_toy_dataset(cell_config)
+    reference = np.asarray(data_fn(jax.random.key(20_000 + seed), config.eval.num_samples))
+    cell = evaluate_grid(cell_config, path, apply, state.ema_params, reference, config.table.loglik_samples)
+    return [{"path": name, "dataset": dataset, "seed": seed, "train_seconds": seconds, **r} for r in cell]
+
+
+def run_toys(config, out: str, progress=True) -> tuple[list[dict], dict]:
     rows, grids = [], defaultdict(dict)
     datasets = [d for d in config.table.datasets if d != "mnist"]
-    for dataset in datasets:
-        for name in config.table.paths:
-            for seed in range(config.table.seeds):
-                start = time.perf_counter()
-                cell_config = row_config(config, name, dataset, seed)
-                path = common.build_path(cell_config)
-                apply, params = init_model(cell_config, path, seed)
-                state, seconds, _ = train(cell_config, path, apply, params, None, progress=False)
-                data_fn = common.build_toy_dataset(cell_config)
-                reference = np.asarray(data_fn(jax.random.key(20_000 + seed), config.eval.num_samples))
-                cell = evaluate_grid(cell_config, path, apply, state.ema_params, reference,
-                                     config.table.loglik_samples)
-                for r in cell:
-                    samples = r.pop("_samples", None)
-                    if samples is not None and seed == 0:
-                        grids[dataset][name] = samples
-                    rows.append({"path": name, "dataset": dataset, "seed": seed, "train_seconds": seconds, **r})
-                if progress:
-                    last = [r for r in cell if r["solver"] == "euler"][-1]
-                    print(f"{name:>12s} {dataset:<12s} seed {seed}: W2 euler{last['steps']} {last['w2']:.3f} "
-                          f"({time.perf_counter() - start:.1f} s)", flush=True)
+    jobs = [(config, name, dataset, seed, out) for dataset in datasets for name in config.table.paths
+            for seed in range(config.table.seeds)]
+    start = time.perf_counter()
+    for (_, name, dataset, seed, _), cell in zip(jobs, pool.map_cells(toy_cell, jobs, config.table.workers)):
+        for r in cell:
+            samples = r.pop("_samples", None)
+            if samples is not None and seed == 0:
+                grids[dataset][name] = samples
+            rows.append(r)
+        if progress:
+            last = [r for r in cell if r["solver"] == "euler"][-1]
+            print(f"{name:>12s} {dataset:<12s} seed {seed}: W2 euler{last['steps']} {last['w2']:.3f} "
+                  f"(trained in {cell[0]['train_seconds']:.1f} s; {time.perf_counter() - start:.0f} s since start)",
+                  flush=True)
     return rows, grids
 
 
@@ -186,6 +195,10 @@ def write_outputs(rows, grids, out, budget_name, euler_steps):
 
 
 def main(config, workdir: str):
+    try:
+        pool.resolve_workers(config.table.workers)
+    except ValueError as err:
+        raise common.ConfigError(f"table.workers: {err}") from None
     for dataset in config.table.datasets:  # every cell's names and values, before the first step
         for name in config.table.paths:
             try:
@@ -194,7 +207,7 @@ def main(config, workdir: str):
             except ValueError as err:
                 raise common.ConfigError(f"cell {name}/{dataset}: {err}") from None
     start = time.perf_counter()
-    rows, grids = run_toys(config)
+    rows, grids = run_toys(config, workdir)
     if "mnist" in config.table.datasets and config.table.mnist_steps:
         rows += run_mnist(config, workdir)
     md = write_outputs(rows, grids, workdir, config.table.budget, config.eval.step_counts)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from experiments import common, plots, tables
+from experiments import common, plots, pool, tables
 from experiments.configs import default
 from experiments.configs.toy_paths import DATASET_SETTINGS
 from experiments.train import distances, reference_samples, train_and_evaluate, validate
@@ -46,6 +46,10 @@ def row_config(table_config, label: str, dataset: str, seed: int | None = None):
 def run_table(config, out: str, progress: bool = True):
     """Train and evaluate every (path, dataset); return the table rows and the sample arrays for the grid."""
     cells = [(label, d) for d in config.table.datasets for label in config.table.paths]
+    try:
+        workers = pool.resolve_workers(config.table.workers)
+    except ValueError as err:
+        raise common.ConfigError(f"table.workers: {err}") from None
     for label, dataset in cells:  # every name checked before the first step
         try:
             validate(row_config(config, label, dataset))
@@ -57,10 +61,10 @@ def run_table(config, out: str, progress: bool = True):
         data_fn = common.build_toy_dataset(c)
         floor = distances(reference_samples(c, data_fn, draw=1), reference_samples(c, data_fn), c.eval)
         rows.append({"path": FLOOR_LABEL, "dataset": dataset, "solver": "data", **floor})
-    for label, dataset in cells:
-        start = time.perf_counter()
-        res = train_and_evaluate(row_config(config, label, dataset), os.path.join(out, "runs", f"{label}-{dataset}"),
-                                 progress=progress)
+    jobs = [(row_config(config, label, dataset), os.path.join(out, "runs", f"{label}-{dataset}")) for label, dataset
+            in cells]
+    start = time.perf_counter()
+    for (label, dataset), res in zip(cells, pool.map_cells(_train_cell, jobs, workers)):
         grid[(label, dataset)] = res.get("_samples")
         for tag, m in res.items():
             if isinstance(m, dict) and "nfe" in m:
@@ -68,9 +72,16 @@ def run_table(config, out: str, progress: bool = True):
                              "kinetic_energy": res.get("kinetic_energy"), "straightness": res.get("straightness"),
                              "train_seconds": res["train_seconds"], "final_loss": res["final_loss"]})
         last = [t for t in res if isinstance(res[t], dict) and "w2" in res[t]][-1]
-        print(f"{label:>14s} on {dataset:<12s} W2({last})={res[last]['w2']:.3f} "
-              f"({time.perf_counter() - start:.1f} s)", flush=True)
+        if progress:
+            print(f"{label:>14s} on {dataset:<12s} W2({last})={res[last]['w2']:.3f} (trained in "
+                  f"{res['train_seconds']:.1f} s; {time.perf_counter() - start:.0f} s since start)", flush=True)
     return rows, grid
+
+
+def _train_cell(job) -> dict:
+    """One cell, `train_and_evaluate(config, workdir)` (a module-level function: `pool` pickles it)."""
+    config, workdir = job
+    return train_and_evaluate(config, workdir, progress=False)
 
 
 def summary(rows: list[dict], datasets, seconds: float) -> str:

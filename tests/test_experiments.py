@@ -159,7 +159,7 @@ def _field_names(tree, prefix=""):
 def test_main_job_writes_table_csv_and_plot(tmp_path):
     out = _run("experiments.toy_table", "--workdir", str(tmp_path), "--config.train.steps=20",
                "--config.train.steps_per_call=10", "--config.table.paths=('cond_ot', 've')",
-               "--config.table.datasets=('moons',)", "--config.eval.step_counts=(4,)",
+               "--config.table.datasets=('moons',)", "--config.eval.step_counts=(4,)", "--config.table.workers=2",
                "--config.eval.num_samples=300", "--config.eval.w2_samples=300", "--config.eval.trajectory_steps=8")
     assert out.returncode == 0, out.stderr[-2000:]
     table = (tmp_path / "toy_table.md").read_text()
@@ -245,7 +245,12 @@ def test_compare_writes_table_csv_and_plots(tmp_path):
     config.train.steps, config.train.steps_per_call, config.table.seeds = 20, 10, 2
     config.table.paths, config.table.datasets, config.table.loglik_samples = ("cond_ot",), ("grid_dirac",), 8
     config.eval.num_samples, config.eval.step_counts = 64, (2, 4)
-    rows, grids = compare.run_toys(config, progress=False)
+    config.table.workers = 1  # in this process (the pool has its own tests)
+    rows, grids = compare.run_toys(config, str(tmp_path), progress=False)
+    # Every cell checkpoints under runs/: relaunched, it restores the trained state and scores it the same.
+    assert sorted(os.listdir(tmp_path / "runs")) == ["cond_ot-grid_dirac-s0", "cond_ot-grid_dirac-s1"]
+    again, _ = compare.run_toys(config, str(tmp_path), progress=False)
+    assert [r["w2"] for r in again] == [r["w2"] for r in rows]
     assert len(rows) == 2 * (2 * 2 + 1)
     assert {r["nfe"] for r in rows if r["solver"] == "heun"} == {2, 4}
     assert all(r["log_likelihood"] is not None and np.isfinite(r["log_likelihood"]) for r in rows)

@@ -34,5 +34,5 @@ def get_config(budget: str | None = None) -> ml_collections.ConfigDict:
     c.table = ml_collections.ConfigDict(dict(
         budget=budget, paths=TOY_TABLE_PATHS, datasets=("moons", "8gaussians", "checkerboard", "grid_dirac", "mnist"),
         seeds=b["seeds"], loglik_samples=b["loglik_samples"], mnist_steps=b["mnist_steps"],
-        mnist_seeds=b["mnist_seeds"]))
+        mnist_seeds=b["mnist_seeds"], workers=0))  # workers: toy cells side by side (`experiments/pool.py`)
     return c

@@ -19,5 +19,8 @@ def get_config() -> ml_collections.ConfigDict:
     # 6,000 steps: Cond-OT's exact W2 on the checkerboard comes within 1.2x of the data-vs-data floor (2,000 steps:
     # 1.4x); the table then takes about 20 minutes on the project's 2-core CPU.
     c.train.steps = 6000
-    c.table = ml_collections.ConfigDict(dict(paths=TOY_TABLE_PATHS, datasets=("moons", "8gaussians", "checkerboard")))
+    # workers: cells trained side by side, each process on one XLA:CPU thread (0: one per core on CPU, 1 on an
+    # accelerator; `experiments/pool.py` says why).
+    c.table = ml_collections.ConfigDict(dict(paths=TOY_TABLE_PATHS, datasets=("moons", "8gaussians", "checkerboard"),
+                                             workers=0))
     return c
