@@ -1,9 +1,9 @@
 """Independent table cells in parallel: one process per CPU core, each running XLA:CPU on a single thread.
 
 Why: the toy MLP's operations are small (256-wide matmuls on batches of 256), and on this project's 2-core machine
-one process with XLA's two intra-op threads trains at about 220 steps/s while one single-threaded process pinned
-to a core reaches about 280, and two of them side by side about 235 each (measured in one sitting, `make run`'s
-cell): twice the throughput of the threaded process. Accelerator backends are left alone (`workers=0`
+one process with XLA's two intra-op threads trains at about 220 steps/s, one single-threaded process pinned to a
+core at about 236, and two of them side by side at about 205 each (`make run`'s cell, measured on one day): 1.9
+times the throughput of the threaded process. Accelerator backends are left alone (`workers=0`
 resolves to 1 there).
 
 `map_cells(fn, items, workers)` yields `fn(item)` in the order of `items`. `fn` must be a module-level function

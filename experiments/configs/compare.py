@@ -1,4 +1,4 @@
-"""The side-by-side comparison (`experiments.compare`): every toy-table path on four 2-D datasets and MNIST.
+"""The side-by-side comparison (`experiments.compare`): every toy-table path on four 2-D datasets (MNIST on request).
 
     python -m experiments.compare --config experiments/configs/compare.py --workdir results          # default
     python -m experiments.compare --config experiments/configs/compare.py:quick --workdir results/quick
