@@ -65,12 +65,10 @@ def evaluate_grid(config, path, apply, params, reference, loglik_samples: int) -
     ke = float(fj.metrics.kinetic_energy(traj, res.ts))
     straight = float(fj.metrics.straightness(traj, res.ts))
     loglik = None
-    if loglik_samples:
-        try:
-            lp, _ = fj.log_likelihood(path, apply, params, ref[:loglik_samples])
-            loglik = float(jnp.mean(lp))
-        except (NotImplementedError, TypeError, ValueError):
-            loglik = None  # no source density, or a phase-space state: no exact likelihood of x alone
+    # Exact likelihood needs a source density (the Kac law and ForM's phase space have none).
+    if loglik_samples and isinstance(path, fj.paths.AbstractSourceDensity):
+        lp, _ = fj.log_likelihood(path, apply, params, ref[:loglik_samples])
+        loglik = float(jnp.mean(lp))
     for r in rows:
         r.update(kinetic_energy=ke, straightness=straight, log_likelihood=loglik)
     rows[-1]["_samples"] = np.asarray(traj[-1])

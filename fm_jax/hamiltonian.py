@@ -52,13 +52,6 @@ def _check_alpha(alpha, allow_zero: bool) -> None:
             raise ValueError(f"alpha (the oscillation frequency) must be {need} and finite, got {a.tolist()}")
 
 
-def _check_sigma_v(sigma_v) -> None:
-    if is_concrete(sigma_v):
-        s = np.asarray(sigma_v)
-        if np.any(~np.isfinite(s) | (s <= 0)):
-            raise ValueError(f"sigma_v (the initial velocity scale) must be positive and finite, got {s.tolist()}")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Closed forms and prediction conversions
 # ---------------------------------------------------------------------------------------------------------------

@@ -37,11 +37,8 @@ import optax
 
 from ._checks import check_positive
 from ._typing import Array, Key, Params, Scalar
-from .hamiltonian import _check_sigma_v, hamiltonian_flow
-
-
-def _array(x) -> Array:
-    return jnp.asarray(x, dtype=jnp.result_type(float))
+from ._util import as_float_array as _array
+from .hamiltonian import hamiltonian_flow
 
 
 class HamiltonianScoreMatching(eqx.Module):
@@ -60,7 +57,7 @@ class HamiltonianScoreMatching(eqx.Module):
 
     def __check_init__(self):
         check_positive(self.tau_max, "HamiltonianScoreMatching tau_max")
-        _check_sigma_v(self.sigma_v)
+        check_positive(self.sigma_v, "sigma_v (the initial velocity scale)")
         if self.n_steps < 1:
             raise ValueError(f"HamiltonianScoreMatching n_steps must be >= 1, got {self.n_steps}")
 

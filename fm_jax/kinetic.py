@@ -38,11 +38,8 @@ import numpy as np
 
 from ._checks import check_positive, is_concrete
 from ._typing import Array, Key
+from ._util import as_float_array as _float
 from .paths.affine import AbstractSchedule
-
-
-def _float(x) -> Array:
-    return jnp.asarray(x, dtype=jnp.result_type(float))
 
 
 def gaussian_separation(s: Array) -> Array:

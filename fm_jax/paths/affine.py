@@ -26,11 +26,8 @@ import jax.numpy as jnp
 
 from .._checks import check_positive, is_concrete
 from .._typing import Array, Float, Key, Scalar
+from .._util import as_float_array as _array
 from .base import AbstractInterpolantPath, AbstractSignalToNoise, AbstractSourceDensity
-
-
-def _array(x) -> Array:
-    return jnp.asarray(x, dtype=jnp.result_type(float))
 
 
 class AbstractSchedule(eqx.Module):

@@ -27,6 +27,7 @@ import numpy as np
 
 from .._checks import check_positive
 from .._typing import Array, Key, Scalar
+from .._util import as_float_array as _float
 from ..kinetic import (
     FittedSeparation,
     SeparationEstimate,
@@ -35,10 +36,6 @@ from ..kinetic import (
     separation_to_gamma,
 )
 from .affine import AbstractSchedule, AffinePath
-
-
-def _float(x) -> Array:
-    return jnp.asarray(x, dtype=jnp.result_type(float))
 
 
 class KineticOptimal(AbstractSchedule):
