@@ -32,7 +32,7 @@ NOTE = (f"Row `data vs data`: the metrics between the evaluation reference and a
 # Paths whose cells take longest (Kac's Bessel-function target): their jobs start first.
 SLOW_PATHS = ("kac",)
 
-COLUMNS = ["path", "dataset", "solver", "nfe", "w2", "sw2", "mmd", "energy", "kinetic_energy", "straightness",
+COLUMNS = ["path", "dataset", "solver", "nfe", "w2", "w2_se", "sw2", "mmd", "energy", "kinetic_energy", "straightness",
            "train_seconds", "final_loss"]
 
 
@@ -103,7 +103,7 @@ def _table_job(job) -> list[tuple[str, dict]]:
             draws = [distances(reference_samples(c, data_fn, draw=k), reference, c.eval)
                      for k in range(1, FLOOR_DRAWS + 1)]
             floor = {}
-            for metric in draws[0]:
+            for metric in (m for m in draws[0] if not m.endswith("_se")):  # the se over draws replaces a draw's own
                 v = np.array([d[metric] for d in draws])
                 floor[metric], floor[f"{metric}_se"] = float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))
             out.append((dataset, floor))
@@ -113,12 +113,15 @@ def _table_job(job) -> list[tuple[str, dict]]:
 
 def summary(rows: list[dict], datasets, seconds: float) -> str:
     """The compact Markdown of the README: one row per path (the floor first), per dataset "W2 of each solver run
-    (the adaptive one's NFE) · sliced W2 of the last", then the kinetic energy of the first dataset."""
+    (± its standard error for the run with the most Euler steps, the adaptive one's NFE) · sliced W2 of the last
+    · that Euler W2 as a multiple of the floor's", then the kinetic energy of the first dataset."""
     solvers = list(dict.fromkeys(r["solver"] for r in rows if r["path"] != FLOOR_LABEL))
     labels = list(dict.fromkeys(r["path"] for r in rows))
     cell = {(r["path"], r["dataset"], r["solver"]): r for r in rows}
     head = " / ".join(solvers)
-    lines = [f"| path | {' | '.join(f'{d}: W2 {head} · SW2' for d in datasets)} | KE ({datasets[0]}) |",
+    fine = max((s for s in solvers if s.startswith("euler")), key=lambda s: int(s[5:]), default=solvers[-1])
+    heads = " | ".join(f"{d}: W2 {head} · SW2 · {fine} ÷ floor" for d in datasets)
+    lines = [f"| path | {heads} | KE ({datasets[0]}) |",
              "|---|" + "---|" * (len(datasets) + 1)]
     for label in labels:
         parts = []
@@ -128,9 +131,10 @@ def summary(rows: list[dict], datasets, seconds: float) -> str:
                 parts.append(f"{r['w2']:.3f} ± {r['w2_se']:.3f} · {r['sw2']:.3f} ± {r['sw2_se']:.3f}")
                 continue
             runs = [cell[(label, d, s)] for s in solvers]
-            w2 = " / ".join(f"{r['w2']:.3f}" + (f" ({r['nfe']})" if s == solvers[-1] else "")
-                            for s, r in zip(solvers, runs))
-            parts.append(f"{w2} · {runs[-1]['sw2']:.3f}")
+            w2 = " / ".join(f"{r['w2']:.3f}" + (f" ± {r['w2_se']:.3f}" if s == fine else "")
+                            + (f" ({r['nfe']})" if s == solvers[-1] else "") for s, r in zip(solvers, runs))
+            ratio = cell[(label, d, fine)]["w2"] / cell[(FLOOR_LABEL, d, "data")]["w2"]
+            parts.append(f"{w2} · {runs[-1]['sw2']:.3f} · {ratio:.2f}×")
         ke = "" if label == FLOOR_LABEL else f"{cell[(label, datasets[0], solvers[-1])]['kinetic_energy']:.2f}"
         lines.append(f"| {label} | {' | '.join(parts)} | {ke} |")
     return (NOTE + "\n".join(lines) + f"\n\nWall time {seconds / 60:.1f} min.\n\n## Every row\n\n"

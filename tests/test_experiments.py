@@ -169,6 +169,23 @@ def test_main_job_writes_table_csv_and_plot(tmp_path):
     assert "table:" in out.stdout
 
 
+def test_toy_w2_is_the_mean_over_disjoint_blocks_with_its_standard_error():
+    import fm_jax as fj
+    from experiments.train import distances
+
+    rng = np.random.default_rng(0)
+    x, ref = rng.normal(size=(300, 2)), rng.normal(size=(300, 2)) + 0.5
+    e = default.get_config().eval
+    e.w2_samples = 100
+    got = distances(x, ref, e)
+    blocks = [fj.metrics.wasserstein2(x[i:i + 100], ref[i:i + 100]) for i in (0, 100, 200)]
+    assert got["w2"] == pytest.approx(np.mean(blocks), rel=1e-12)
+    assert got["w2_se"] == pytest.approx(np.std(blocks, ddof=1) / np.sqrt(3), rel=1e-12)
+    e.w2_samples = 300  # one block: no standard error
+    one = distances(x, ref, e)
+    assert one["w2"] == pytest.approx(fj.metrics.wasserstein2(x, ref), rel=1e-12) and np.isnan(one["w2_se"])
+
+
 # -- every config field is read by some code ---------------------------------------------------------------------
 
 CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "configs", "*.py"))
