@@ -8,6 +8,8 @@ Measures, in one process and one run:
   step, and with `lax.scan` over 100 steps per call; compile time; FLOPs per step from XLA's cost analysis;
   achieved FLOP/s as a fraction of the matmul rate;
 - sampling 10,000 points with 100 Euler steps;
+- the toy step's dense work alone (`dense_bound`: its matrix products at the same shapes, 100 per call): the
+  steps/s no fusion of the rest can beat, and the matmul rate at the toy's shapes;
 - the same model, batch, optimiser and sampler in a plain PyTorch loop when PyTorch is importable (ratios);
 - extra sections registered in `EXTRA_BENCHMARKS` (e.g. Kac velocity throughput).
 - the U-Net image benchmark (`experiments.bench_images`: MNIST U-Net train step and sampling vs its PyTorch
@@ -29,6 +31,7 @@ import platform
 import statistics
 import time
 import types
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -135,6 +138,55 @@ def jax_train(quick: bool) -> tuple[dict, dict]:
     return {"compile_seconds": compile_seconds, "flops_per_step": flops}, {"jax": single, "jax_scan": scanned}
 
 
+def dense_bound(quick: bool) -> tuple[dict, Callable[[], float]]:
+    """The toy step's matrix products alone, as the limit of what any fusion of the rest could reach.
+
+    The MLP's forward dots, its weight and input gradients (same shapes: batch 256, widths 66 → 256 → 256 → 256 →
+    2), with no activation, time embedding, loss, data draw, Adam or EMA (only an SGD update, to carry a
+    dependency from step to step), 100 per `lax.scan` call. Its steps/s is what the train step would run at if
+    everything but its dense work were free; its FLOP rate is the matmul rate at the toy's small shapes.
+    Returns ({flops_per_step, compile_seconds}, runner returning steps/s)."""
+    sizes = [2 + TIME_FEATURES] + [WIDTH] * DEPTH + [2]
+    keys = jax.random.split(jax.random.key(3), len(sizes) + 1)
+    ws = [jax.random.normal(k, (a, b), jnp.float32) / math.sqrt(a) for k, a, b in zip(keys, sizes[:-1], sizes[1:])]
+    x = jax.random.normal(keys[-2], (BATCH, sizes[0]), jnp.float32)
+    r = jax.random.normal(keys[-1], (BATCH, sizes[-1]), jnp.float32)
+    k = 100
+
+    def loss(ws):
+        h = x
+        for w in ws:
+            h = h @ w
+        return jnp.vdot(h, r)
+
+    def body(ws, _):
+        return [w - 1e-9 * g for w, g in zip(ws, jax.grad(loss)(ws))], None
+
+    scan = jax.jit(lambda ws: jax.lax.scan(body, ws, None, length=k)[0], donate_argnums=0)
+    start = time.perf_counter()
+    compiled = scan.lower(ws).compile()
+    info = {"compile_seconds": time.perf_counter() - start, "steps_per_call": k}
+    flops = _flops(compiled)
+    # The FLOPs of one step, written out (XLA's cost analysis may count a scan's body once): forward, weight
+    # gradients and input gradients, 2·B·a·b each, less the first layer's input gradient (not needed).
+    dense = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    info["flops_per_step"] = 3 * 2 * BATCH * dense - 2 * BATCH * sizes[0] * sizes[1]
+    info["xla_cost_analysis_flops"] = flops
+    state = compiled(ws)
+    jax.block_until_ready(state)
+    calls = 2 if quick else 5
+
+    def run() -> float:
+        nonlocal state
+        start = time.perf_counter()
+        for _ in range(calls):
+            state = compiled(state)
+        jax.block_until_ready(state)
+        return calls * k / (time.perf_counter() - start)
+
+    return info, run
+
+
 def jax_sampling(quick: bool) -> dict:
     path = P.AffinePath(P.CondOT())
     model = fj.models.MLP(2, 2, hidden=WIDTH, depth=DEPTH, time_features=TIME_FEATURES, rngs=nnx.Rngs(0))
@@ -225,6 +277,7 @@ def main(config, workdir: str):
     report["matmul_f32"] = matmul_rate(1024 if args.quick else 2048)
     report["sampling"] = jax_sampling(args.quick)
     tr, runners = jax_train(args.quick)
+    bound_info, runners["dense_bound"] = dense_bound(args.quick)
     torch_ref = torch_reference(args.quick)
     if torch_ref:
         runners["torch"] = torch_ref.pop("runner")
@@ -250,8 +303,18 @@ def main(config, workdir: str):
             achieved = tr["flops_per_step"] * tr[key] / 1e9
             tr[key.replace("steps_per_second", "achieved_gflops")] = achieved
             tr[key.replace("steps_per_second", "fraction_of_matmul_peak")] = achieved / peak
+    # The dense-work limit (`dense_bound`): the step's matrix products alone, in the same rounds.
+    bound = {**bound_info, "steps_per_second": statistics.median(rates["dense_bound"])}
+    bound["achieved_gflops"] = bound["flops_per_step"] * bound["steps_per_second"] / 1e9
+    bound["fraction_of_matmul_peak"] = bound["achieved_gflops"] / peak
+    bound["scan100_step_fraction_of_bound"] = tr["scan100_steps_per_second"] / bound["steps_per_second"]
+    if tr["flops_per_step"]:
+        # The step's FLOP rate had it the bound's speed: the most its share of the matmul rate can be.
+        bound["step_fraction_of_matmul_peak_at_bound"] = tr["flops_per_step"] * bound["steps_per_second"] / 1e9 / peak
+    report["dense_bound"] = bound
     ratios = {}
     if torch_ref:
+        ratios["dense_bound_vs_pytorch"] = bound["steps_per_second"] / torch_ref["steps_per_second"]
         ratios["train_steps_vs_pytorch"] = tr["steps_per_second"] / torch_ref["steps_per_second"]
         ratios["train_steps_scan100_vs_pytorch"] = tr["scan100_steps_per_second"] / torch_ref["steps_per_second"]
         ratios["sampling_vs_pytorch"] = torch_ref["sampling_seconds"] / report["sampling"]["seconds"]
@@ -266,7 +329,8 @@ def main(config, workdir: str):
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=2)
-    print(json.dumps({k: report[k] for k in ("matmul_f32", "train_step", "sampling", "ratios")}, indent=2))
+    print(json.dumps({k: report[k] for k in ("matmul_f32", "train_step", "dense_bound", "sampling", "ratios")},
+                     indent=2))
     if report.get("images"):
         from experiments.bench_images import summary
 
