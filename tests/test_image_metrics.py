@@ -1,5 +1,5 @@
-"""Image metrics: the MNIST-classifier cache, Hutchinson vs exact divergence and likelihood, bits/dim (the FID
-tests are in test_fid.py and test_inception.py)."""
+"""Image metrics: the MNIST-classifier cache, bits/dim; and `fm_jax.sampling`'s divergences as bits/dim uses them
+(Hutchinson vs exact divergence and likelihood). The FID tests are in test_fid.py and test_inception.py."""
 
 import math
 
@@ -9,6 +9,8 @@ import numpy as np
 
 import fm_jax as fj
 from fm_jax import image_metrics as M
+from fm_jax import sampling as S
+from fm_jax.models import mnist_classifier
 
 
 def test_mnist_classifier_trains_and_caches(tmp_path, monkeypatch):
@@ -21,7 +23,7 @@ def test_mnist_classifier_trains_and_caches(tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("the cached classifier should have been reused")
 
-    monkeypatch.setattr(M, "train_mnist_classifier", no_training)
+    monkeypatch.setattr(mnist_classifier, "train_mnist_classifier", no_training)
     again = M.mnist_feature_fn(work, data_dir=data_dir, steps=30)
     assert again.fingerprint == net.fingerprint and again.accuracy == net.accuracy
     np.testing.assert_allclose(again.features(x), net.features(x), atol=1e-6)
@@ -34,18 +36,26 @@ def test_hutchinson_estimator_is_unbiased():
         a = jax.random.normal(jax.random.key(0), (5, 5), jnp.float64)
         f = lambda x: jnp.tanh(a @ x) + 0.3 * x**2  # noqa: E731
         x = jnp.linspace(-0.5, 0.5, 5)
-        exact = float(M.exact_divergence(f, x))
+        value, exact = S.Exact().value_and_divergence(f, x, S.Exact().probes(None, x))
+        np.testing.assert_allclose(value, f(x), rtol=1e-12)  # the value comes from the same evaluation
+        exact = float(exact)
         jac = np.asarray(jax.jacfwd(f)(x))
         np.testing.assert_allclose(exact, np.trace(jac), rtol=1e-12)
         off = jac - np.diag(np.diag(jac))
         var = float(np.sum(off * (off + off.T)))
         n = 20_000
-        est = float(M.hutchinson_divergence(jax.random.key(1), f, x, num_probes=n))
+        hutch = S.Hutchinson(n)
+        probes = hutch.probes(jax.random.key(1), x)
+        assert probes.shape == (n, 5) and set(np.unique(np.asarray(probes))) == {-1.0, 1.0}  # Rademacher
+        value, est = hutch.value_and_divergence(f, x, probes)
+        np.testing.assert_allclose(value, f(x), rtol=1e-12)
+        est = float(est)
         assert abs(est - exact) < 5 * math.sqrt(var / n), (est, exact, math.sqrt(var / n))
         # Diagonal Jacobian: Rademacher probes are exact with one probe.
         g = lambda x: jnp.sin(x) * jnp.arange(1.0, 6.0)  # noqa: E731
-        np.testing.assert_allclose(float(M.hutchinson_divergence(jax.random.key(2), g, x)),
-                                   float(M.exact_divergence(g, x)), rtol=1e-12)
+        one = S.Hutchinson(1)
+        np.testing.assert_allclose(float(one.value_and_divergence(g, x, one.probes(jax.random.key(2), x))[1]),
+                                   float(S.Exact().value_and_divergence(g, x, None)[1]), rtol=1e-12)
 
 
 def _diagonal_model(params, z, t):
@@ -64,9 +74,9 @@ def test_hutchinson_likelihood_matches_exact_and_closed_form():
         k = params["a"] + params["b"] / 2
         z0 = x * jnp.exp(-k)
         closed = -0.5 * jnp.sum(z0**2, -1) - 0.5 * d * math.log(2 * math.pi) - jnp.sum(k)
-        hutch, _ = M.log_likelihood_hutchinson(jax.random.key(1), path, _diagonal_model, params, x, rtol=1e-9,
-                                               atol=1e-9)
-        exact, _ = fj.sampling.log_likelihood(path, _diagonal_model, params, x, rtol=1e-9, atol=1e-9)
+        hutch, _ = S.log_likelihood(path, _diagonal_model, params, x, divergence=S.Hutchinson(1),
+                                    key=jax.random.key(1), rtol=1e-9, atol=1e-9)
+        exact, _ = S.log_likelihood(path, _diagonal_model, params, x, divergence=S.Exact(), rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(exact, closed, rtol=1e-7)  # adaptive Tsit5 at 1e-9
         np.testing.assert_allclose(hutch, exact, rtol=1e-9)  # same solve, exact divergence for diagonal Jacobians
         bpd, _ = M.model_bits_per_dim(jax.random.key(1), path, _diagonal_model, params, x, rtol=1e-9, atol=1e-9)
