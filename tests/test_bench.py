@@ -1,6 +1,5 @@
 """The toy benchmark's dense-work limit (`experiments.bench.dense_bound`)."""
 
-import pytest
 
 from experiments import bench
 
