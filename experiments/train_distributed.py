@@ -39,9 +39,9 @@ def train_distributed(config, workdir: str, *, model_axis: int | None = None, bf
     data_fn = common.build_toy_dataset(config)
     apply, params = init_model(config, path, config.seed)
     if bf16:
-        apply = fd.mixed_precision(apply)
-    loss_fn = functools.partial(fd.example_keyed_flow_matching_loss, apply=apply,
-                                time_sampler=common.build_time_sampler(config))
+        apply = fj.models.mixed_precision(apply)
+    # Batches carry global example indices (`fd.index_batch`): per-example keys, the same draws on any split.
+    loss_fn = functools.partial(fj.flow_matching_loss, apply=apply, time_sampler=common.build_time_sampler(config))
     optimizer = make_optimizer(t, flatten=model_axis == 1)  # a flat vector would gather model-split parameters
     mesh = fd.make_mesh(model=model_axis)
     step_fn = fd.make_sharded_train_step(loss_fn, optimizer, mesh, ema_decay=t.ema_decay)

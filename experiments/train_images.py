@@ -202,7 +202,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> list[d
 
     apply, params, eval_apply = build_model(config, path, data_shape, config.seed)
     if t.bf16:
-        apply = fd.mixed_precision(apply)
+        apply = fj.models.mixed_precision(apply)
     optimizer = fj.make_optimizer(t.learning_rate, warmup_steps=t.warmup_steps, total_steps=t.steps,
                                   final_lr_fraction=t.final_lr_fraction, clip_norm=t.clip_norm,
                                   # one flat update vector would gather parameters split over a model axis

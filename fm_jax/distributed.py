@@ -7,27 +7,24 @@ metrics and gradients with `lax.pmean`.
 
 Same global batch and key → same parameters on any device count. `jax.jit` with shardings computes the
 single-device program, so any loss qualifies. Under `pmap` each device sees only its slice of the batch, so a
-loss that draws one batch-shaped random array (`fm_jax.flow_matching_loss`) would draw different numbers on 1 and
-on 8 devices. `example_keyed_flow_matching_loss` keys every example by its *global* index in the batch,
-key_i = fold_in(key, index_i), which makes its randomness independent of how the batch is split; with equal
-per-device batch sizes the pmean of per-device mean gradients is the global mean gradient.
+loss that draws one batch-shaped random array would draw different numbers on 1 and on 8 devices. Batches built
+by `index_batch` carry each example's *global* index (`fm_jax.losses.Batch(x1, index=...)`), and
+`fm_jax.flow_matching_loss` then keys example i by key_i = fold_in(key, index_i), which makes its randomness
+independent of how the batch is split; with equal per-device batch sizes the pmean of per-device mean gradients
+is the global mean gradient.
 
 Multi-host: `initialize_from_env()` starts `jax.distributed` from environment variables; every process loads only
 the rows `process_batch_rows(global_batch, mesh)` of each global batch, and `shard_batch` assembles the global
 array with `jax.make_array_from_process_local_data`.
 
-Mixed precision: `mixed_precision(apply)` computes in bfloat16 while parameters, optimiser state and gradients
-stay float32.
+Mixed precision (bfloat16 compute, float32 parameters) wraps the model's `apply`: `fm_jax.models.mixed_precision`.
 """
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,9 +32,8 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ._typing import Array, Key, Params, PyTree
-from .losses import AbstractTimeSampler, Batch, UniformTime, flow_matching_loss
-from .paths.base import AbstractPath
+from ._typing import Array, PyTree
+from .losses import Batch
 from .training import LossFn, TrainState, apply_gradients, train_step
 
 DATA_AXIS = "data"
@@ -46,14 +42,11 @@ MODEL_AXIS = "model"
 __all__ = [
     "DATA_AXIS",
     "MODEL_AXIS",
-    "IndexedBatch",
-    "example_keyed_flow_matching_loss",
     "index_batch",
     "initialize_from_env",
     "make_mesh",
     "make_pmap_train_step",
     "make_sharded_train_step",
-    "mixed_precision",
     "process_batch_rows",
     "replicate",
     "replicate_for_pmap",
@@ -247,48 +240,17 @@ def shard_batch(local_batch: PyTree[Array], mesh: Mesh, *, batch_axis: int = 0) 
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class IndexedBatch(eqx.Module):
-    """A batch and each example's index in the global batch: data (B, *d) (or a pytree of such), index (B,) int32."""
+def index_batch(x1: Array, start: int = 0, cond: PyTree[Array] | None = None) -> Batch:
+    """`fm_jax.losses.Batch(x1, cond, index)` with index = arange(start, start + B) int32: each example's index in
+    the global batch.
 
-    data: PyTree[Array]
-    index: Array
-
-
-def index_batch(data: PyTree[Array], start: int = 0) -> IndexedBatch:
-    """`IndexedBatch(data, arange(start, start + B))`; pass `start = process_batch_rows(...).start` on a host."""
-    n = jax.tree_util.tree_leaves(data)[0].shape[0]
-    return IndexedBatch(data, np.arange(start, start + n, dtype=np.int32))
-
-
-def example_keyed_flow_matching_loss(
-    params: Params,
-    key: Key,
-    batch: IndexedBatch,
-    path: AbstractPath,
-    *,
-    apply: Callable,
-    time_sampler: AbstractTimeSampler = UniformTime(),
-    weighting: Callable[[Array], Array] | None = None,
-) -> tuple[Array, dict[str, Array]]:
-    """`fm_jax.flow_matching_loss` with per-example keys (an alias kept for existing callers).
-
-    Example i draws its time and conditional sample from key_i = fold_in(key, batch.index[i])
-    (t_i = time_sampler.sample(key_t_i, 1)), so a device holding rows [a, b) of the global batch draws exactly
-    the numbers it would draw on one device; it is `flow_matching_loss(params, key, Batch(batch.data,
-    index=batch.index), path, ...)`. The time sampler sees one draw at a time (stratification across the batch
-    does not apply).
-
-    Args:
-        params: model parameters. key: PRNG key of the step. batch: `IndexedBatch` with data x1 (B, *d).
-        path: any `AbstractPath`. apply: batched `apply(params, z, t)`. time_sampler, weighting: as in
-            `flow_matching_loss`.
-    Returns:
-        (loss, {"loss": loss}), loss the mean over this batch (a device's slice under pmap).
+    With these indices `fm_jax.flow_matching_loss` draws example i's randomness from fold_in(key, index_i), so
+    the loss of a global batch gives the same numbers however its rows are split over devices or hosts. On a host
+    holding rows [a, b) of the global batch pass `start = process_batch_rows(...).start` (= a). The result is a
+    pytree for `shard_batch` / `split_for_pmap`; `cond=None` stays None.
     """
-    return flow_matching_loss(
-        params, key, Batch(batch.data, index=batch.index), path, apply=apply, time_sampler=time_sampler,
-        weighting=weighting,
-    )
+    n = np.shape(x1)[0]
+    return Batch(x1, cond, np.arange(start, start + n, dtype=np.int32))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -367,8 +329,8 @@ def make_pmap_train_step(
 
     Returns `step(state, batch, path) -> (state, metrics)` with `state` replicated (`replicate_for_pmap`), `batch`
     split (`split_for_pmap`: leaves (n_devices, B / n_devices, ...)) and `path` broadcast; the state is donated.
-    Every device gets the same step key fold_in(key, step), so pair it with a loss whose randomness is keyed by
-    global example (`example_keyed_flow_matching_loss`) to match the single-device step.
+    Every device gets the same step key fold_in(key, step), so feed batches keyed by global example
+    (`index_batch`, i.e. `fm_jax.losses.Batch(x1, index=...)`) to match the single-device step.
     """
 
     def step(state: TrainState, batch, path):
@@ -407,38 +369,3 @@ def split_for_pmap(batch: PyTree[Array], num_devices: int | None = None) -> PyTr
 def unreplicate(tree: PyTree[Array]) -> PyTree[Array]:
     """The first device's copy of a pmap-replicated pytree."""
     return jax.tree_util.tree_map(lambda x: x[0], tree)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Mixed precision
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _cast_floating(tree: PyTree, dtype) -> PyTree:
-    return jax.tree_util.tree_map(
-        lambda x: x.astype(dtype) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x, tree
-    )
-
-
-def mixed_precision(
-    apply: Callable, compute_dtype=jnp.bfloat16, output_dtype=jnp.float32, *, cast_time: bool = False
-) -> Callable:
-    """Wrap `apply(params, z, t, cond=None, *, key=None)` to compute in `compute_dtype` with float32 parameters.
-
-    Floating parameters and state are cast to `compute_dtype` inside the call and the prediction is cast back to
-    `output_dtype`, so the loss, the gradients (the transpose of a cast is a cast) and the optimiser update stay in
-    float32. bfloat16 has float32's exponent range: no loss scaling is needed.
-
-    Time is left in its own dtype unless `cast_time`: a sinusoidal embedding sin(2π f t) with f up to 64 needs
-    angles of ~400 rad, which bfloat16 (8-bit mantissa) rounds by ~1 rad; a model should compute its time
-    embedding in float32 and cast the embedding, not t.
-    """
-
-    @functools.wraps(apply)
-    def wrapped(params: Params, z: PyTree[Array], t: Array, cond: Any = None, *, key=None) -> Any:
-        t = jnp.asarray(t)
-        out = apply(_cast_floating(params, compute_dtype), _cast_floating(z, compute_dtype),
-                    t.astype(compute_dtype) if cast_time else t, cond, key=key)
-        return _cast_floating(out, output_dtype)
-
-    return wrapped

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
@@ -156,7 +157,7 @@ def trained():
               "w2": jax.random.normal(jax.random.key(1), (32, 2)) * 0.2}
     optimizer = fj.make_optimizer(1e-2)
     step = jax.jit(lambda s, b: fj.training.train_step(
-        s, b, path, loss_fn=lambda p, k, x, pa: fd.example_keyed_flow_matching_loss(p, k, x, pa, apply=_apply),
+        s, b, path, loss_fn=functools.partial(fj.flow_matching_loss, apply=_apply),
         optimizer=optimizer))
     state = fj.init_train_state(jax.random.key(2), params, optimizer)
     states = [state]

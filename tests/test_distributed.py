@@ -75,7 +75,7 @@ def test_one_device_equals_eight_devices_jit_and_pmap():
         assert out[name] < PARAM_TOL, (name, out[name])
     assert out["jit_model_axis_sharding"] == "P(None, 'model')"  # the model axis really split a kernel
     assert out["pmap_copies_identical"]
-    # Control: the batch-keyed loss under pmap draws different numbers per device, so parameters differ.
+    # Control: the loss on plain x1 (no index) under pmap draws different numbers per device: parameters differ.
     assert out["pmap_plain_loss_params"] > 100 * PARAM_TOL
 
 
@@ -151,10 +151,10 @@ def _problem():
     return path, _tiny_apply, params, x1
 
 
-def test_example_keyed_loss_is_independent_of_the_split():
+def test_indexed_loss_is_independent_of_the_split():
     """The mean of the loss (and gradient) over two halves with global indices equals the full-batch value."""
     path, apply, params, x1 = _problem()
-    loss = jax.jit(functools.partial(fd.example_keyed_flow_matching_loss, apply=apply))
+    loss = jax.jit(functools.partial(fj.flow_matching_loss, apply=apply))
     key = jax.random.key(3)
     grad = jax.jit(jax.grad(lambda p, b: loss(p, key, b, path)[0]))
     full = fd.index_batch(x1)
@@ -170,11 +170,12 @@ def test_example_keyed_loss_is_independent_of_the_split():
     assert abs(float(wrong) - float(whole)) > 1e-4
 
 
-def test_example_keyed_loss_has_the_flow_matching_expectation():
-    """Averaged over keys, the example-keyed loss estimates the same objective as `flow_matching_loss`."""
+def test_indexed_loss_has_the_flow_matching_expectation():
+    """Averaged over keys, the loss with per-example keys (`index_batch`) estimates the same objective as the
+    loss on plain x1."""
     path, apply, params, x1 = _problem()
     keys = jax.random.split(jax.random.key(5), 400)
-    keyed = functools.partial(fd.example_keyed_flow_matching_loss, apply=apply)
+    keyed = functools.partial(fj.flow_matching_loss, apply=apply)
     a = jax.jit(jax.vmap(lambda k: keyed(params, k, fd.index_batch(x1), path)[0]))
     b = jax.jit(jax.vmap(lambda k: fj.flow_matching_loss(params, k, x1, path, apply=apply)[0]))
     la, lb = np.asarray(a(keys)), np.asarray(b(keys))
@@ -192,7 +193,7 @@ def test_mixed_precision_computes_in_bf16_and_keeps_f32_parameters():
         seen["z"], seen["t"] = z.dtype, t.dtype
         return _tiny_apply(p, z, t)
 
-    bf16 = fd.mixed_precision(spy)
+    bf16 = fj.models.mixed_precision(spy)
     t = jnp.full((16,), 0.3)
     out16 = bf16(params, x1, t)
     assert seen == {"params": {jnp.dtype(jnp.bfloat16)}, "z": jnp.bfloat16, "t": jnp.float32}
@@ -204,7 +205,7 @@ def test_mixed_precision_computes_in_bf16_and_keeps_f32_parameters():
     assert float(jnp.max(jnp.abs(out16 - out32))) > 1e-5  # and it really computed in bf16
 
     optimizer = fj.make_optimizer(1e-2)
-    loss_fn = functools.partial(fd.example_keyed_flow_matching_loss, apply=bf16)
+    loss_fn = functools.partial(fj.flow_matching_loss, apply=bf16)
     grads = jax.jit(jax.grad(lambda p: loss_fn(p, jax.random.key(2), fd.index_batch(x1), path)[0]))(params)
     assert all(g.dtype == jnp.float32 for g in jax.tree_util.tree_leaves(grads))
     state = fj.init_train_state(jax.random.key(0), params, optimizer)
@@ -234,7 +235,11 @@ def test_single_device_placement_helpers():
     assert dict(mesh.shape) == {"data": 1, "model": 1}
     assert fd.process_batch_rows(8, mesh) == slice(0, 8)
     batch = fd.shard_batch(fd.index_batch(np.zeros((8, 2), np.float32)), mesh)
-    assert batch.data.shape == (8, 2) and batch.index.tolist() == list(range(8))
+    assert isinstance(batch, fj.losses.Batch) and batch.cond is None
+    assert batch.x1.shape == (8, 2) and batch.index.tolist() == list(range(8))
+    labels = np.arange(4, 8)
+    batch = fd.shard_batch(fd.index_batch(np.zeros((4, 2), np.float32), start=4, cond=labels), mesh)
+    assert batch.index.tolist() == [4, 5, 6, 7] and batch.cond.tolist() == labels.tolist()
     with pytest.raises(ValueError, match="divisor"):
         fd.make_mesh(model=3)
     with pytest.raises(ValueError, match="needs 4 devices"):

@@ -9,21 +9,21 @@ import numpy as np
 from flax import nnx
 
 import fm_jax as fj
-from fm_jax import distributed as fd
 
 GLOBAL_BATCH = 64
 NUM_EXAMPLES = 1024
 
 
 def problem(width: int = 32, learning_rate: float = 1e-2):
-    """(path, apply, params, optimizer, loss_fn): `fm_jax.models.MLP` of width 32, the example-keyed loss."""
+    """(path, apply, params, optimizer, loss_fn): `fm_jax.models.MLP` of width 32, the flow-matching loss (fed
+    `fd.index_batch` batches: per-example keys)."""
     path = fj.paths.AffinePath(fj.paths.CondOT())
     make = lambda: fj.models.MLP(2, 2, hidden=width, depth=2, time_features=16, rngs=nnx.Rngs(0))
     apply, _ = fj.models.as_apply(nnx.eval_shape(make))
     # One compiled initialisation instead of one eager dispatch (and compilation) per initialiser.
     params = jax.jit(lambda: fj.models.as_apply(make())[1])()
     optimizer = fj.make_optimizer(learning_rate)
-    loss_fn = functools.partial(fd.example_keyed_flow_matching_loss, apply=apply)
+    loss_fn = functools.partial(fj.flow_matching_loss, apply=apply)
     return path, apply, params, optimizer, loss_fn
 
 

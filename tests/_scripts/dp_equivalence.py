@@ -73,15 +73,16 @@ def main() -> None:
         out["jit_model_axis_params"] = max_diff(state.params, ref.params)
         out["jit_model_axis_opt_state"] = max_diff(state.opt_state, ref.opt_state)
 
-    # The batch-shaped-randomness loss is also split-independent under jit + sharding (one global program).
+    # The loss on plain x1 (no index: batch-shaped randomness) is also split-independent under jit + sharding
+    # (one global program).
     plain_loss = functools.partial(fj.flow_matching_loss, apply=apply)
-    plain_step = fj.make_train_step(lambda p_, k, b, pa: plain_loss(p_, k, b.data, pa), optimizer)
+    plain_step = fj.make_train_step(lambda p_, k, b, pa: plain_loss(p_, k, b.x1, pa), optimizer)
     state = init()
     for b in batches:
         state, m = plain_step(state, b, path)
         float(m["loss"])
     plain_ref = jax.device_get(state)
-    state = run_sharded(fd.make_mesh(), 2**18, loss=lambda p_, k, b, pa: plain_loss(p_, k, b.data, pa))
+    state = run_sharded(fd.make_mesh(), 2**18, loss=lambda p_, k, b, pa: plain_loss(p_, k, b.x1, pa))
     out["jit_plain_loss_params"] = max_diff(state.params, plain_ref.params)
 
     pstep = fd.make_pmap_train_step(loss_fn, optimizer)
@@ -97,8 +98,8 @@ def main() -> None:
     state = fd.unreplicate(jax.device_get(state))
     out["pmap_params"] = max_diff(state.params, ref.params)
     out["pmap_opt_state"] = max_diff(state.opt_state, ref.opt_state)
-    # Control: a loss drawing one batch-shaped random array is not split-independent under pmap.
-    pstep = fd.make_pmap_train_step(lambda p_, k, b, pa: plain_loss(p_, k, b.data, pa), optimizer)
+    # Control: the loss on plain x1 draws one batch-shaped random array: not split-independent under pmap.
+    pstep = fd.make_pmap_train_step(lambda p_, k, b, pa: plain_loss(p_, k, b.x1, pa), optimizer)
     state = fd.replicate_for_pmap(init())
     for b in batches:
         state, m = pstep(state, fd.split_for_pmap(b), path)
