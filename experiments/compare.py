@@ -17,6 +17,7 @@ Writes `compare.md`, `compare.csv` (one row per path × dataset × solver × see
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import os
 import time
@@ -33,6 +34,7 @@ from experiments.train import DATA_SHAPE, init_model, train, validate
 
 FIELDS = ["path", "dataset", "seed", "solver", "steps", "nfe", "w2", "mmd", "energy", "kinetic_energy",
           "straightness", "log_likelihood", "mnist_fid", "train_seconds"]
+FLOOR = "data vs data"  # the path label of each dataset's floor rows
 
 
 def _heun(e):
@@ -81,14 +83,47 @@ def toy_cell(job) -> list[dict]:
     (Module level: `pool.map_cells` pickles it into its workers.)"""
     config, name, dataset, seed, out = job
     cell_config = row_config(config, name, dataset, seed)
+    workdir = os.path.join(out, "runs", f"{name}-{dataset}-s{seed}")
+    # A finished cell keeps its rows (`cell.json`, samples in `cell_samples.npy`), stamped with everything that
+    # decides them: a relaunch skips it, a changed setting evaluates it again.
+    done, samples_file = os.path.join(workdir, "cell.json"), os.path.join(workdir, "cell_samples.npy")
+    stamp = json.dumps({"cell": cell_config.to_dict(), "loglik_samples": config.table.loglik_samples},
+                       sort_keys=True, default=list)
+    if os.path.exists(done) and os.path.exists(samples_file):
+        with open(done) as f:
+            saved = json.load(f)
+        if saved.get("stamp") == stamp:
+            saved["rows"][-1]["_samples"] = np.load(samples_file)
+            return saved["rows"]
     path = common.build_path(cell_config)
     apply, params = init_model(cell_config, path, seed)
-    state, seconds, _ = train(cell_config, path, apply, params, os.path.join(out, "runs", f"{name}-{dataset}-s{seed}"),
-                              progress=False)
+    state, seconds, _ = train(cell_config, path, apply, params, workdir, progress=False)
     data_fn = common.build_toy_dataset(cell_config)
     reference = np.asarray(data_fn(jax.random.key(20_000 + seed), config.eval.num_samples))
     cell = evaluate_grid(cell_config, path, apply, state.ema_params, reference, config.table.loglik_samples)
-    return [{"path": name, "dataset": dataset, "seed": seed, "train_seconds": seconds, **r} for r in cell]
+    rows = [{"path": name, "dataset": dataset, "seed": seed, "train_seconds": seconds, **r} for r in cell]
+    np.save(samples_file, rows[-1].pop("_samples"))
+    with open(done, "w") as f:
+        json.dump({"stamp": stamp, "rows": rows}, f)
+    rows[-1]["_samples"] = np.load(samples_file)
+    return rows
+
+
+def floor_rows(config) -> list[dict]:
+    """Each toy dataset's data-vs-data floor, per seed: W2, MMD and energy distance between the cells' evaluation
+    reference and an independent draw of the same size (no model can beat it in expectation)."""
+    rows = []
+    for dataset in (d for d in config.table.datasets if d != "mnist"):
+        data_fn = common.build_toy_dataset(row_config(config, config.table.paths[0], dataset))
+        n = config.eval.num_samples
+        for seed in range(config.table.seeds):
+            reference = np.asarray(data_fn(jax.random.key(20_000 + seed), n))
+            draw = np.asarray(data_fn(jax.random.key(30_000 + seed), n))
+            rows.append({"path": FLOOR, "dataset": dataset, "seed": seed, "solver": "data", "steps": "",
+                         "w2": fj.metrics.wasserstein2(draw, reference),
+                         "mmd": float(fj.metrics.mmd(jnp.asarray(draw), jnp.asarray(reference))),
+                         "energy": float(fj.metrics.energy_distance(jnp.asarray(draw), jnp.asarray(reference)))})
+    return rows
 
 
 def run_toys(config, out: str, progress=True) -> tuple[list[dict], dict]:
@@ -163,7 +198,12 @@ def write_outputs(rows, grids, out, budget_name, euler_steps):
                 if d == dataset:
                     md.append(f"| {p} | {s} | {st} | {_mean_std([r['mnist_fid'] for r in g])} |\n")
             continue
-        paths = list(dict.fromkeys(r["path"] for r in rows if r["dataset"] == dataset))
+        paths = list(dict.fromkeys(r["path"] for r in rows if r["dataset"] == dataset and r["path"] != FLOOR))
+        floor = groups.get((dataset, FLOOR, "data", ""), [])
+        if floor:
+            md.append("Floor (data vs data: the evaluation reference against an independent draw of the same size, "
+                      "mean ± std over seeds): " + ", ".join(f"{k} {_mean_std([r[k] for r in floor])}"
+                                                            for k in ("w2", "mmd", "energy")) + ".\n\n")
         md.append("W2 by solver (NFE):\n\n| path | " + " | ".join(f"euler {s}" for s in euler_steps)
                   + " | " + " | ".join(f"heun {max(s // 2, 1)}" for s in euler_steps) + " | dopri5 (NFE) |\n")
         md.append("|---" * (2 * len(euler_steps) + 2) + "|\n")
@@ -206,6 +246,7 @@ def main(config, workdir: str):
                 raise common.ConfigError(f"cell {name}/{dataset}: {err}") from None
     start = time.perf_counter()
     rows, grids = run_toys(config, workdir)
+    rows += floor_rows(config)
     if "mnist" in config.table.datasets and config.table.mnist_steps:
         rows += run_mnist(config, workdir)
     md = write_outputs(rows, grids, workdir, config.table.budget, config.eval.step_counts)

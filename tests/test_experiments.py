@@ -266,14 +266,25 @@ def test_compare_writes_table_csv_and_plots(tmp_path):
     rows, grids = compare.run_toys(config, str(tmp_path), progress=False)
     # Every cell checkpoints under runs/: relaunched, it restores the trained state and scores it the same.
     assert sorted(os.listdir(tmp_path / "runs")) == ["cond_ot-grid_dirac-s0", "cond_ot-grid_dirac-s1"]
-    again, _ = compare.run_toys(config, str(tmp_path), progress=False)
-    assert [r["w2"] for r in again] == [r["w2"] for r in rows]
+    again, again_grids = compare.run_toys(config, str(tmp_path), progress=False)
+    # A finished cell is read back from its cell.json (its training time too: nothing was run again) ...
+    assert again == rows and (tmp_path / "runs" / "cond_ot-grid_dirac-s0" / "cell.json").exists()
+    np.testing.assert_array_equal(again_grids["grid_dirac"]["cond_ot"], grids["grid_dirac"]["cond_ot"])
+    # ... unless a setting that decides its rows changed: then it is evaluated again from its checkpoint.
+    config.eval.num_samples = 48
+    changed, _ = compare.run_toys(config, str(tmp_path), progress=False)
+    assert [r["w2"] for r in changed] != [r["w2"] for r in rows] and changed[0]["train_seconds"] == 0
+    config.eval.num_samples = 64
     assert len(rows) == 2 * (2 * 2 + 1)
     assert {r["nfe"] for r in rows if r["solver"] == "heun"} == {2, 4}
     assert all(r["log_likelihood"] is not None and np.isfinite(r["log_likelihood"]) for r in rows)
-    md = compare.write_outputs(rows, grids, str(tmp_path), "test", config.eval.step_counts)
+    floor = compare.floor_rows(config)
+    assert [(r["path"], r["seed"]) for r in floor] == [("data vs data", 0), ("data vs data", 1)]
+    assert all(r["w2"] > 0 for r in floor)
+    md = compare.write_outputs(rows + floor, grids, str(tmp_path), "test", config.eval.step_counts)
     text = open(md).read()
-    assert "## grid_dirac" in text and "| cond_ot |" in text and "±" in text
+    assert "## grid_dirac" in text and "| cond_ot |" in text and "±" in text and "Floor (data vs data" in text
+    assert "| data vs data |" not in text  # the floor is a line above the tables, not a path row
     assert (tmp_path / "compare.csv").exists() and (tmp_path / "compare_grid_dirac.png").exists()
 
 
