@@ -10,8 +10,10 @@ has a density (first-order paths with a Gaussian source). Mean ± std over seeds
 MNIST (offline digits, small U-Net, MNIST-FID) runs through `experiments.train_images` for every path that has
 an `experiments/configs/mnist_<path>.py`.
 
-Writes `compare.md`, `compare.csv` (one row per path × dataset × solver × seed), `compare_<dataset>.png`
-(W2 against NFE, one curve per path) and `compare_samples_<dataset>.png` under `--workdir`.
+Writes under `--workdir`: `compare.md`, `compare.csv` (one row per path × dataset × solver × seed, and the
+data-vs-data floor rows), `compare_<dataset>.png` and `compare_<dataset>_mmd.png` (W2 and MMD against NFE, one
+curve per path, the floor dashed), `compare_samples_<dataset>.png` (samples per path at every Euler step count and
+the adaptive solver) and `compare_trajectories_<dataset>.png` (Euler-100 trajectories of a few points per path).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from experiments.train import DATA_SHAPE, init_model, train, validate
 FIELDS = ["path", "dataset", "seed", "solver", "steps", "nfe", "w2", "mmd", "energy", "kinetic_energy",
           "straightness", "log_likelihood", "mnist_fid", "train_seconds"]
 FLOOR = "data vs data"  # the path label of each dataset's floor rows
+TRAJECTORY_POINTS = 24  # Euler-100 trajectories drawn per path in compare_trajectories_<dataset>.png
 
 
 def _heun(e):
@@ -49,8 +52,10 @@ def evaluate_grid(config, path, apply, params, reference, loglik_samples: int) -
     key = jax.random.key(config.seed + 10_000)
     n = config.eval.num_samples
     ref = jnp.asarray(reference)
+    drawn = []  # the samples of every solver run, in run order (Euler ones kept for the per-NFE picture)
 
     def score(x):
+        drawn.append(x)
         finite = np.isfinite(x).all(-1)
         return {"w2": fj.metrics.wasserstein2(x, reference[:n]) if finite.all() else math.nan,
                 "mmd": float(fj.metrics.mmd(jnp.asarray(x), ref)),
@@ -73,7 +78,12 @@ def evaluate_grid(config, path, apply, params, reference, loglik_samples: int) -
         loglik = float(jnp.mean(lp))
     for r in rows:
         r.update(kinetic_energy=ke, straightness=straight, log_likelihood=loglik)
-    rows[-1]["_samples"] = np.asarray(traj[-1])
+    # For the pictures: the samples of each Euler run (by step count), the adaptive run's, and the Euler-100
+    # trajectories of the first TRAJECTORY_POINTS points.
+    pictures = {f"{r['solver']}{r['steps']}": np.asarray(x) for r, x in zip(rows, drawn)
+                if r["solver"] in ("euler", config.eval.adaptive_solver)}
+    pictures["trajectory"] = np.asarray(traj[:, :TRAJECTORY_POINTS])
+    rows[-1]["_samples"] = pictures
     return rows
 
 
@@ -84,16 +94,17 @@ def toy_cell(job) -> list[dict]:
     config, name, dataset, seed, out = job
     cell_config = row_config(config, name, dataset, seed)
     workdir = os.path.join(out, "runs", f"{name}-{dataset}-s{seed}")
-    # A finished cell keeps its rows (`cell.json`, samples in `cell_samples.npy`), stamped with everything that
-    # decides them: a relaunch skips it, a changed setting evaluates it again.
-    done, samples_file = os.path.join(workdir, "cell.json"), os.path.join(workdir, "cell_samples.npy")
+    # A finished cell keeps its rows (`cell.json`; its pictures' samples in `cell_samples.npz`), stamped with
+    # everything that decides them: a relaunch skips it, a changed setting evaluates it again.
+    done, samples_file = os.path.join(workdir, "cell.json"), os.path.join(workdir, "cell_samples.npz")
     stamp = json.dumps({"cell": cell_config.to_dict(), "loglik_samples": config.table.loglik_samples},
                        sort_keys=True, default=list)
     if os.path.exists(done) and os.path.exists(samples_file):
         with open(done) as f:
             saved = json.load(f)
         if saved.get("stamp") == stamp:
-            saved["rows"][-1]["_samples"] = np.load(samples_file)
+            with np.load(samples_file) as pictures:
+                saved["rows"][-1]["_samples"] = dict(pictures)
             return saved["rows"]
     path = common.build_path(cell_config)
     apply, params = init_model(cell_config, path, seed)
@@ -102,10 +113,11 @@ def toy_cell(job) -> list[dict]:
     reference = np.asarray(data_fn(jax.random.key(20_000 + seed), config.eval.num_samples))
     cell = evaluate_grid(cell_config, path, apply, state.ema_params, reference, config.table.loglik_samples)
     rows = [{"path": name, "dataset": dataset, "seed": seed, "train_seconds": seconds, **r} for r in cell]
-    np.save(samples_file, rows[-1].pop("_samples"))
+    pictures = rows[-1].pop("_samples")
+    np.savez(samples_file, **pictures)
     with open(done, "w") as f:
         json.dump({"stamp": stamp, "rows": rows}, f)
-    rows[-1]["_samples"] = np.load(samples_file)
+    rows[-1]["_samples"] = pictures
     return rows
 
 
@@ -221,13 +233,22 @@ def write_outputs(rows, grids, out, budget_name, euler_steps):
             md.append(f"| {p} | " + " | ".join(_mean_std([r[k] for r in g]) for k in
                                               ("w2", "mmd", "energy", "kinetic_energy", "straightness",
                                                "log_likelihood")) + " |\n")
-        series = {p: [np.nanmean([r["w2"] for r in groups[(dataset, p, "euler", s)]]) for s in euler_steps]
-                  for p in paths}
-        plots.curves(euler_steps, series, os.path.join(out, f"compare_{dataset}.png"), xlabel="NFE (Euler steps)",
-                     ylabel="W2 to data", title=dataset)
-        if grids.get(dataset):
-            plots.panel_grid({(p, dataset): grids[dataset].get(p) for p in paths}, paths, [dataset],
-                             os.path.join(out, f"compare_samples_{dataset}.png"))
+        for metric, suffix in (("w2", ""), ("mmd", "_mmd")):  # mean over seeds against NFE; the floor dashed
+            series = {p: [np.nanmean([r[metric] for r in groups[(dataset, p, "euler", s)]]) for s in euler_steps]
+                      for p in paths}
+            hlines = {"data vs data": (float(np.mean([r[metric] for r in floor])), "--")} if floor else None
+            plots.curves(euler_steps, series, os.path.join(out, f"compare_{dataset}{suffix}.png"),
+                         xlabel="NFE (Euler steps)", ylabel=f"{metric.upper()} to data", title=dataset,
+                         logy=metric == "mmd", hlines=hlines, xticks=True)
+        pictures = {p: grids.get(dataset, {}).get(p) for p in paths}
+        if any(v is not None for v in pictures.values()):
+            runs = [f"euler{s}" for s in euler_steps] + [k for k in next(v for v in pictures.values() if v is not None)
+                                                         if not k.startswith(("euler", "trajectory"))]
+            plots.panel_grid({(p, run): v[run] for p, v in pictures.items() if v is not None for run in runs}, paths,
+                             runs, os.path.join(out, f"compare_samples_{dataset}.png"), title=f"{dataset} (seed 0)")
+            plots.trajectory_grid({p: v["trajectory"] for p, v in pictures.items() if v is not None},
+                                  os.path.join(out, f"compare_trajectories_{dataset}.png"),
+                                  title=f"{dataset}: Euler-100 trajectories (seed 0)")
     md_path, _ = tables.write(rows, out, "compare", FIELDS, markdown_text="".join(md))
     return md_path
 

@@ -84,6 +84,32 @@ def panel_grid(panels: dict, rows: list, cols: list, filename: str, *, lim: floa
     save(fig, filename, dpi=90)
 
 
+def trajectory_grid(trajectories: dict, filename: str, *, ncols: int = 4, lim: float | None = 4.0,
+                    size: float = 2.6, title: str = "") -> None:
+    """One panel per `trajectories[label]` (T, k, 2): k paths through time (start grey, end black)."""
+    plt = _pyplot()
+    labels = list(trajectories)
+    nrows = -(-len(labels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for ax in axes.flat[len(labels):]:
+        ax.axis("off")
+    for ax, label in zip(axes.flat, labels):
+        traj = np.asarray(trajectories[label])
+        for i in range(traj.shape[1]):
+            ax.plot(traj[:, i, 0], traj[:, i, 1], lw=0.6, alpha=0.8)
+        ax.scatter(traj[0, :, 0], traj[0, :, 1], s=5, c="grey")
+        ax.scatter(traj[-1, :, 0], traj[-1, :, 1], s=5, c="k")
+        if lim is not None:
+            ax.set_xlim(-lim, lim)
+            ax.set_ylim(-lim, lim)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(str(label), fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    save(fig, filename, dpi=90)
+
+
 def curves(xs, series: dict, filename: str, *, xlabel: str, ylabel: str, title: str = "", logx: bool = True,
            logy: bool = False, hlines: dict | None = None, xticks: bool = False) -> None:
     """One line per `series[label]` (values at `xs`; with `xticks`, the x ticks at `xs` only), and a horizontal

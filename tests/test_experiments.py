@@ -269,7 +269,11 @@ def test_compare_writes_table_csv_and_plots(tmp_path):
     again, again_grids = compare.run_toys(config, str(tmp_path), progress=False)
     # A finished cell is read back from its cell.json (its training time too: nothing was run again) ...
     assert again == rows and (tmp_path / "runs" / "cond_ot-grid_dirac-s0" / "cell.json").exists()
-    np.testing.assert_array_equal(again_grids["grid_dirac"]["cond_ot"], grids["grid_dirac"]["cond_ot"])
+    pictures = grids["grid_dirac"]["cond_ot"]
+    assert sorted(pictures) == ["dopri5adaptive", "euler2", "euler4", "trajectory"]
+    assert pictures["euler4"].shape == (64, 2) and pictures["trajectory"].shape == (101, compare.TRAJECTORY_POINTS, 2)
+    for k in pictures:
+        np.testing.assert_array_equal(again_grids["grid_dirac"]["cond_ot"][k], pictures[k])
     # ... unless a setting that decides its rows changed: then it is evaluated again from its checkpoint.
     config.eval.num_samples = 48
     changed, _ = compare.run_toys(config, str(tmp_path), progress=False)
@@ -285,7 +289,9 @@ def test_compare_writes_table_csv_and_plots(tmp_path):
     text = open(md).read()
     assert "## grid_dirac" in text and "| cond_ot |" in text and "±" in text and "Floor (data vs data" in text
     assert "| data vs data |" not in text  # the floor is a line above the tables, not a path row
-    assert (tmp_path / "compare.csv").exists() and (tmp_path / "compare_grid_dirac.png").exists()
+    for name in ("compare.csv", "compare_grid_dirac.png", "compare_grid_dirac_mmd.png",
+                 "compare_samples_grid_dirac.png", "compare_trajectories_grid_dirac.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
 
 
 def test_kac_reference_prior_is_kac_noise_plus_fresh_data():
