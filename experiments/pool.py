@@ -48,7 +48,7 @@ def resolve_workers(workers: int) -> int:
 
 
 class Cancelled(Exception):
-    """A cell not started because the caller was stopping."""
+    """A cell not started, or abandoned outside training, because the caller was stopping."""
 
 
 _STOP = None  # the caller's stop event, in a worker
@@ -63,9 +63,14 @@ def _init_worker(stop, cores) -> None:
         os.sched_setaffinity(0, {cores.get_nowait()})
     except (AttributeError, queue.Empty, OSError):
         pass
-    # The caller sends SIGTERM to stop: a worker inside `fit` checkpoints and stops (the checkpointer's handler);
-    # elsewhere (evaluating) it finishes its cell, and takes no new one once `stop` is set.
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    # The caller sends SIGTERM to stop: a worker inside `fit` checkpoints and stops (the checkpointer's own handler
+    # replaces this one while it trains); elsewhere (setting up, evaluating) it abandons the cell at once, which
+    # loses nothing a relaunch cannot redo from the checkpoints. Either way it takes no new cell once `stop` is set.
+    signal.signal(signal.SIGTERM, _abandon_cell)
+
+
+def _abandon_cell(signum, frame):
+    raise Cancelled("stopped by SIGTERM")
 
 
 def _call(fn, item):

@@ -2,6 +2,10 @@
 the caller's environment restored, the same numbers as in-process."""
 
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +13,8 @@ import numpy as np
 import pytest
 
 from experiments import pool
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cell(n: int) -> dict:
@@ -22,6 +28,35 @@ def _fails(n: int) -> int:
     if n == 2:
         raise ValueError(f"cell {n} failed")
     return n
+
+
+def _sleeps(job) -> None:
+    # A cell busy outside training (as when evaluating): says it started, then sleeps.
+    marker_dir, seconds = job
+    open(os.path.join(marker_dir, str(os.getpid())), "w").close()
+    time.sleep(seconds)
+
+
+def test_sigterm_stops_workers_busy_outside_training_at_once(tmp_path):
+    # Each worker is in a 60 s cell when the caller gets SIGTERM: the caller must exit with 143 within seconds
+    # (the workers abandon their cells; a training cell would checkpoint first), not after the cells end.
+    code = ("import sys; from experiments import pool; from tests.test_pool import _sleeps; "
+            f"list(pool.map_cells(_sleeps, [({str(tmp_path)!r}, 60)] * 4, workers=2))")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(os.listdir(tmp_path)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert len(os.listdir(tmp_path)) == 2, "the workers never started their cells"
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        status = proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert status == 143 and time.monotonic() - start < 30
+    assert "stopped by SIGTERM" in proc.stderr.read()
+    for pid in map(int, os.listdir(tmp_path)):  # and the workers are gone
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
 
 
 def test_map_cells_in_order_in_single_threaded_workers():
