@@ -81,7 +81,7 @@ def panel_grid(panels: dict, rows: list, cols: list, filename: str, *, lim: floa
                 ax.set_title(str((col_titles or {}).get(c, c)))
     if title:
         fig.suptitle(title, fontsize=10)
-    save(fig, filename, dpi=90)
+    save(fig, filename, dpi=90, top=1 - 0.3 / (size * len(rows)) if title else 1.0)
 
 
 def trajectory_grid(trajectories: dict, filename: str, *, ncols: int = 4, lim: float | None = 4.0,
@@ -107,7 +107,7 @@ def trajectory_grid(trajectories: dict, filename: str, *, ncols: int = 4, lim: f
         ax.set_title(str(label), fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
-    save(fig, filename, dpi=90)
+    save(fig, filename, dpi=90, top=1 - 0.3 / (size * nrows) if title else 1.0)
 
 
 def curves(xs, series: dict, filename: str, *, xlabel: str, ylabel: str, title: str = "", logx: bool = True,
@@ -116,8 +116,9 @@ def curves(xs, series: dict, filename: str, *, xlabel: str, ylabel: str, title: 
     reference line per `hlines[label]` = (y, linestyle)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, ys in series.items():
-        ax.plot(xs, ys, marker="o", label=label)
+    colours = plt.get_cmap("tab20").colors if len(series) > 10 else [f"C{i}" for i in range(10)]
+    for i, (label, ys) in enumerate(series.items()):  # tab20 past ten lines: no two share a colour
+        ax.plot(xs, ys, marker="os^"[i % 3], color=colours[i % len(colours)], label=label)
     for label, (y, style) in (hlines or {}).items():
         ax.axhline(y, color="gray", ls=style, label=label)
     if logx:

@@ -62,13 +62,15 @@ def run_table(config, out: str, progress: bool = True):
             validate(row_config(config, label, dataset))
         except ValueError as err:
             raise common.ConfigError(f"table row {label}/{dataset}: {err}") from None
-    # One job per path (its datasets in turn, so a worker compiles that path's samplers once), the slowest
-    # first for balance; the floors are one short job, computed in a worker too.
+    # One job per cell, the slowest paths first: the two workers then finish within one cell of each other (one
+    # job per path left a whole path's three cells to one worker at the end: ~1 min of one idle core). A worker
+    # keeps its compiled train loops and samplers, so a path's second cell in the same worker compiles nothing.
+    # The floors are one short job, computed in a worker too.
     paths = sorted(config.table.paths, key=lambda label: label not in SLOW_PATHS)
     jobs = [("floor", [(dataset, row_config(config, config.table.paths[0], dataset), None)
                        for dataset in config.table.datasets])]
-    jobs += [(label, [(dataset, row_config(config, label, dataset), os.path.join(out, "runs", f"{label}-{dataset}"))
-                      for dataset in config.table.datasets]) for label in paths]
+    jobs += [(label, [(dataset, row_config(config, label, dataset), os.path.join(out, "runs", f"{label}-{dataset}"))])
+             for label in paths for dataset in config.table.datasets]
     results, start = {}, time.perf_counter()
     for (label, _), got in zip(jobs, pool.map_cells(_table_job, jobs, workers)):
         for dataset, res in got:
