@@ -168,6 +168,8 @@ def run(main: Callable[[Any, str], Any], default_config: str, default_workdir: s
         del argv
         config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
         START_FRESH = bool(flags.FLAGS.start_fresh)
+        if START_FRESH:  # spawned table workers (`experiments.pool`) import this module afresh: tell them too
+            os.environ[START_FRESH_ENV] = "1"
         quiet_logs(bool(config.get("log", {}).get("verbose", False)))
         try:
             main(config, workdir)
@@ -190,8 +192,10 @@ class Preempted(Exception):  # noqa: N818 - a stop, not an error
         self.step = step
 
 
-# Set from the `--start_fresh` flag by `run`; library callers of the trainers leave it False.
-START_FRESH = False
+# Set from the `--start_fresh` flag by `run` (and, through the environment, in the workers it spawns); library
+# callers of the trainers leave it False.
+START_FRESH_ENV = "FM_JAX_START_FRESH"
+START_FRESH = os.environ.get(START_FRESH_ENV) == "1"
 
 
 def resume(ckpt, state):

@@ -94,12 +94,13 @@ def toy_cell(job) -> list[dict]:
     config, name, dataset, seed, out = job
     cell_config = row_config(config, name, dataset, seed)
     workdir = os.path.join(out, "runs", f"{name}-{dataset}-s{seed}")
-    # A finished cell keeps its rows (`cell.json`; its pictures' samples in `cell_samples.npz`), stamped with
-    # everything that decides them: a relaunch skips it, a changed setting evaluates it again.
+    # A finished cell keeps its rows (`cell.json`; its pictures' samples in `cell_samples.npz`), stamped with the
+    # settings that decide them: a relaunch skips it, a changed setting evaluates it again (a changed evaluation
+    # code does not: delete the cell.json files), `--start_fresh` trains and evaluates it again.
     done, samples_file = os.path.join(workdir, "cell.json"), os.path.join(workdir, "cell_samples.npz")
     stamp = json.dumps({"cell": cell_config.to_dict(), "loglik_samples": config.table.loglik_samples},
                        sort_keys=True, default=list)
-    if os.path.exists(done) and os.path.exists(samples_file):
+    if os.path.exists(done) and os.path.exists(samples_file) and not common.START_FRESH:
         with open(done) as f:
             saved = json.load(f)
         if saved.get("stamp") == stamp:

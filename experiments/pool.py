@@ -64,19 +64,29 @@ def _init_worker(stop, cores) -> None:
     except (AttributeError, queue.Empty, OSError):
         pass
     # The caller sends SIGTERM to stop: a worker inside `fit` checkpoints and stops (the checkpointer's own handler
-    # replaces this one while it trains); elsewhere (setting up, evaluating) it abandons the cell at once, which
-    # loses nothing a relaunch cannot redo from the checkpoints. Either way it takes no new cell once `stop` is set.
+    # replaces this one while it trains); elsewhere in a cell (setting up, evaluating) it abandons the cell at
+    # once, which loses nothing a relaunch cannot redo from the checkpoints. An idle worker ignores it (the
+    # executor's shutdown ends it). No worker takes a new cell once `stop` is set.
     signal.signal(signal.SIGTERM, _abandon_cell)
 
 
+_IN_CELL = False  # in a worker: whether it is running a cell now
+
+
 def _abandon_cell(signum, frame):
-    raise Cancelled("stopped by SIGTERM")
+    if _IN_CELL:
+        raise Cancelled("stopped by SIGTERM")
 
 
 def _call(fn, item):
+    global _IN_CELL
     if _STOP is not None and _STOP.is_set():
         raise Cancelled("stopping")
-    return fn(item)
+    _IN_CELL = True
+    try:
+        return fn(item)
+    finally:
+        _IN_CELL = False
 
 
 def _stop_request(signum, frame):
@@ -111,6 +121,8 @@ def map_cells(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 0) 
         futures = [executor.submit(_call, fn, item) for item in items]
         for future in futures:
             yield future.result()
+    except GeneratorExit:  # the caller stopped reading (e.g. zip at its last item): a normal end, not a stop
+        raise
     except BaseException as err:
         stop.set()
         for process in list(executor._processes.values()):

@@ -254,7 +254,7 @@ def test_image_training_smoke_writes_mnist_fid_and_grid(tmp_path):
     assert [r["step"] for r in train_images(config, str(tmp_path / "run"), progress=False)] == [10]
 
 
-def test_compare_writes_table_csv_and_plots(tmp_path):
+def test_compare_writes_table_csv_and_plots(tmp_path, monkeypatch):
     from experiments import compare
     from experiments.configs import compare as compare_config
 
@@ -279,6 +279,11 @@ def test_compare_writes_table_csv_and_plots(tmp_path):
     changed, _ = compare.run_toys(config, str(tmp_path), progress=False)
     assert [r["w2"] for r in changed] != [r["w2"] for r in rows] and changed[0]["train_seconds"] == 0
     config.eval.num_samples = 64
+    # --start_fresh (which the pool's workers learn from the environment) trains and evaluates every cell again.
+    monkeypatch.setattr(common, "START_FRESH", True)
+    fresh, _ = compare.run_toys(config, str(tmp_path), progress=False)
+    assert all(r["train_seconds"] > 0 for r in fresh) and [r["w2"] for r in fresh] == [r["w2"] for r in rows]
+    monkeypatch.setattr(common, "START_FRESH", False)
     assert len(rows) == 2 * (2 * 2 + 1)
     assert {r["nfe"] for r in rows if r["solver"] == "heun"} == {2, 4}
     assert all(r["log_likelihood"] is not None and np.isfinite(r["log_likelihood"]) for r in rows)
@@ -292,6 +297,16 @@ def test_compare_writes_table_csv_and_plots(tmp_path):
     for name in ("compare.csv", "compare_grid_dirac.png", "compare_grid_dirac_mmd.png",
                  "compare_samples_grid_dirac.png", "compare_trajectories_grid_dirac.png"):
         assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_start_fresh_reaches_spawned_workers_through_the_environment():
+    code = "from experiments import common; print(common.START_FRESH)"
+    env = {**os.environ, common.START_FRESH_ENV: "1"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stderr[-500:]
+    env.pop(common.START_FRESH_ENV)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr[-500:]
 
 
 def test_kac_reference_prior_is_kac_noise_plus_fresh_data():

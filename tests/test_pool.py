@@ -59,6 +59,16 @@ def test_sigterm_stops_workers_busy_outside_training_at_once(tmp_path):
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
 
 
+def test_a_finished_map_ends_its_workers_quietly():
+    # At the end of a normal run the executor stops its idle workers; they must exit without a traceback, also when
+    # the caller stops reading at the last item (zip, as the tables do) and the generator is closed, not exhausted.
+    code = ("from experiments import pool; from tests.test_pool import _fails; items = [1, 3, 4, 5]; "
+            "print([got for _, got in zip(items, pool.map_cells(_fails, items, workers=2))])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[1, 3, 4, 5]"
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
 def test_map_cells_in_order_in_single_threaded_workers():
     before = os.environ.get("XLA_FLAGS")
     items = [5, 17, 3, 40, 9]
