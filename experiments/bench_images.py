@@ -108,7 +108,8 @@ def _matmul(n: int = 2048):
 # --------------------------------------------------------------------------------------------------- JAX side
 
 
-def build_unet(m, rngs_seed: int = 0) -> fj.models.UNet:
+def build_unet(m, rngs_seed: int | jax.Array = 0) -> fj.models.UNet:
+    """The U-Net of the block `m`, its parameters drawn from `nnx.Rngs(rngs_seed)` (a seed or a key)."""
     dtype = None if m.dtype == "float32" else jnp.dtype(m.dtype)
     return fj.models.UNet(
         m.in_channels, image_size=m.image_size, channels=m.channels, channel_mult=tuple(m.channel_mult),

@@ -74,10 +74,11 @@ def validate(e) -> None:
 
 
 def _draw(key, path, apply, params, e, data_shape, name: str, steps: int | None, trajectory: bool):
-    """(samples (num_samples, *d), nfe, kinetic energy per dimension or None), drawn in chunks."""
+    """(samples (num_samples, *d), nfe, kinetic energy per dimension or None, (trajectories (steps + 1,
+    num_samples, *d), their times) or None), drawn in chunks."""
     n = e.num_samples
     b = min(e.get("batch_size") or n, n)
-    out, nfe, ke = [], None, []
+    out, nfe, ke, trajs, ts = [], None, [], [], None
     for i, start in enumerate(range(0, n, b)):
         k = key if i == 0 else jax.random.fold_in(key, i)
         m = min(b, n - start)  # every chunk draws b (one compilation); the last keeps m
@@ -91,30 +92,37 @@ def _draw(key, path, apply, params, e, data_shape, name: str, steps: int | None,
         if trajectory:
             traj = jax.vmap(path.readout)(res.trajectory)[:, :m]
             ke.append(float(fj.metrics.kinetic_energy(traj, res.ts)) * m)
+            trajs.append(np.asarray(traj))
+            ts = np.asarray(res.ts)
         out.append(np.asarray(res.samples)[:m])
         nfe = None if res.nfe is None else max(int(res.nfe), nfe or 0)
-    dims = math.prod(data_shape)
-    return np.concatenate(out), nfe, (sum(ke) / n / dims if trajectory else None)
+    if not trajectory:
+        return np.concatenate(out), nfe, None, None
+    return np.concatenate(out), nfe, sum(ke) / n / math.prod(data_shape), (np.concatenate(trajs, axis=1), ts)
 
 
 def evaluate(key, path, apply, params, e, data_shape: tuple[int, ...], score: Callable[[np.ndarray], dict], *,
-             kinetic_energy: bool = False, keep_samples: int = 0) -> dict[str, dict]:
+             kinetic_energy: bool = False, keep_samples: int = 0, keep_trajectory: bool = False) -> dict[str, dict]:
     """{tag: {"nfe", "nonfinite", **score(samples)}} for every solver run of the eval block `e`.
 
     kinetic_energy: also save the trajectories of the run of `e.solver` with the most steps and add its
     `kinetic_energy_per_dim` (E ∫ |dx/dt|² dt / D). keep_samples: keep the first this many samples of that run
-    under "_samples" (for a sample grid).
+    under "_samples" (for a sample grid). keep_trajectory: keep that run's trajectories (steps + 1, num_samples, *d)
+    and their times under "_trajectory" and "_ts" (one solve gives the scores and the trajectory metrics).
     """
     out = {}
     ke_tag = f"{e.solver}{max(e.step_counts)}" if e.step_counts else None
     for tag, name, n in solver_runs(e):
-        x, nfe, ke = _draw(key, path, apply, params, e, data_shape, name, n, kinetic_energy and tag == ke_tag)
+        save = (kinetic_energy or keep_trajectory) and tag == ke_tag
+        x, nfe, ke, traj = _draw(key, path, apply, params, e, data_shape, name, n, save)
         finite = np.isfinite(x.reshape(len(x), -1)).all(-1)
         out[tag] = {"nfe": nfe, "nonfinite": int(np.sum(~finite)), **score(x)}
-        if ke is not None:
+        if ke is not None and kinetic_energy:
             out[tag]["kinetic_energy_per_dim"] = ke
         if keep_samples and tag == ke_tag:
             out[tag]["_samples"] = x[:keep_samples]
+        if traj is not None and keep_trajectory:
+            out[tag]["_trajectory"], out[tag]["_ts"] = traj
     return out
 
 

@@ -86,6 +86,31 @@ def test_train_and_evaluate_smoke_and_resume(tmp_path):
     assert again["euler4"]["nonfinite"] == 0
 
 
+@pytest.mark.parametrize("step_counts", [(4, 8), (4,)], ids=["reused", "own_run"])
+def test_trajectory_metrics_come_from_the_euler_run_with_that_many_steps(step_counts):
+    import jax
+
+    import fm_jax as fj
+    from experiments.train import evaluate, init_model
+
+    config = tiny.get_config("form")  # phase space: the trajectories are read out to positions
+    config.eval.step_counts, config.eval.adaptive_solver, config.eval.num_samples = step_counts, "", 64
+    path = common.build_path(config)
+    apply, params = init_model(config, path, seed=0)
+    reference = np.random.default_rng(0).normal(size=(64, 2))
+    got = evaluate(config, path, apply, params, reference)
+    # Euler-8 trajectories of every sample (the scored run's own, or a run of the same key and size) ...
+    res = fj.sample(jax.random.key(config.seed + 10_000), path, apply, params, 64, (2,),
+                    solver=registry.get_solver("euler"), num_steps=8, save_trajectory=9)
+    traj = jax.vmap(path.readout)(res.trajectory)
+    np.testing.assert_allclose(got["kinetic_energy"], fj.metrics.kinetic_energy(traj, res.ts), rtol=1e-5)
+    np.testing.assert_allclose(got["straightness"], fj.metrics.straightness(traj, res.ts), rtol=1e-5)
+    np.testing.assert_array_equal(got["_samples"], res.samples)
+    assert got["_trajectory"].shape == (9, 64, 2) and "_trajectory" not in got.get("euler8", {})
+    if 8 in step_counts:  # ... and the scored samples are that run's last state
+        assert got["euler8"]["nfe"] == 8 and "_ts" not in got["euler8"]
+
+
 def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
     import fm_jax as fj
 
@@ -159,12 +184,13 @@ def _field_names(tree, prefix=""):
 def test_main_job_writes_table_csv_and_plot(tmp_path):
     out = _run("experiments.toy_table", "--workdir", str(tmp_path), "--config.train.steps=20",
                "--config.train.steps_per_call=10", "--config.table.paths=('cond_ot', 've')",
-               "--config.table.datasets=('moons',)", "--config.eval.step_counts=(4,)", "--config.table.workers=2",
+               "--config.table.datasets=('moons',)", "--config.eval.step_counts=(4, 8)", "--config.table.workers=2",
                "--config.eval.num_samples=300", "--config.eval.w2_samples=300", "--config.eval.trajectory_steps=8")
     assert out.returncode == 0, out.stderr[-2000:]
     table = (tmp_path / "toy_table.md").read_text()
-    assert "| cond_ot | moons | euler4 |" in table and "| ve | moons | dopri5 |" in table
-    assert "| data vs data | moons | data |" in table and "moons: W2 euler4 / dopri5 · SW2" in table
+    assert "| cond_ot | moons | euler4 |" in table and "| ve | moons | euler8 |" in table
+    assert "dopri5" not in table  # the main job has no adaptive run
+    assert "| data vs data | moons | data |" in table and "moons: W2 euler4 / euler8 · SW2 · euler8 ÷ floor" in table
     assert (tmp_path / "toy_table.csv").exists() and (tmp_path / "toy_samples.png").stat().st_size > 1000
     assert "table:" in out.stdout
 

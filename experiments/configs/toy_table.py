@@ -18,6 +18,10 @@ def get_config() -> ml_collections.ConfigDict:
     # error), so a path's W2 can be told from the data-vs-data floor (one block alone spreads by ~10 %); each
     # 1,000-point exact W2 costs ~0.2 s, which more blocks would take from the 10-minute budget.
     c.eval.num_samples = 3000
+    # Euler at 4, 16 and 100 steps; no adaptive run here (`make compare` has Dopri5 with its NFE): at these
+    # tolerances it took ~250 NFE, matched Euler-100's W2 in every cell, and cost a fifth of the main job's time.
+    # Kinetic energy and straightness reuse the Euler-100 trajectories (`train.evaluate`).
+    c.eval.adaptive_solver = ""
     c.eval.plots = False
     c.log.tensorboard = False
     # 4,000 steps: what fits the main job's 10 minutes on the project's 2-core CPU (two workers, ~205 steps/s each).
