@@ -115,7 +115,7 @@ def _table_job(job) -> list[tuple[str, dict]]:
 
 def summary(rows: list[dict], datasets, seconds: float) -> str:
     """The compact Markdown of the README: one row per path (the floor first), per dataset "W2 of each solver run
-    (± its standard error for the run with the most Euler steps, the adaptive one's NFE) · sliced W2 of the last
+    (± its standard error for the run with the most Euler steps, the adaptive one's NFE if any) · sliced W2 of the last
     · that Euler W2 as a multiple of the floor's", then the kinetic energy of the first dataset."""
     solvers = list(dict.fromkeys(r["solver"] for r in rows if r["path"] != FLOOR_LABEL))
     labels = list(dict.fromkeys(r["path"] for r in rows))
@@ -134,7 +134,8 @@ def summary(rows: list[dict], datasets, seconds: float) -> str:
                 continue
             runs = [cell[(label, d, s)] for s in solvers]
             w2 = " / ".join(f"{r['w2']:.3f}" + (f" ± {r['w2_se']:.3f}" if s == fine else "")
-                            + (f" ({r['nfe']})" if s == solvers[-1] else "") for s, r in zip(solvers, runs))
+                            + (f" ({r['nfe']})" if s == solvers[-1] and s != fine else "")
+                            for s, r in zip(solvers, runs))
             ratio = cell[(label, d, fine)]["w2"] / cell[(FLOOR_LABEL, d, "data")]["w2"]
             parts.append(f"{w2} · {runs[-1]['sw2']:.3f} · {ratio:.2f}×")
         ke = "" if label == FLOOR_LABEL else f"{cell[(label, datasets[0], solvers[-1])]['kinetic_energy']:.2f}"
