@@ -19,7 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
     # 1,000-point exact W2 costs ~0.2 s, which more blocks would take from the 10-minute budget.
     c.eval.num_samples = 3000
     # Euler at 4, 16 and 100 steps; no adaptive run here (`make compare` has Dopri5 with its NFE): at these
-    # tolerances it took ~250 NFE, matched Euler-100's W2 in every cell, and cost a fifth of the main job's time.
+    # tolerances it took ~250 NFE, matched Euler-100's W2 in every cell, and cost about a sixth of the main job's time.
     # Kinetic energy and straightness reuse the Euler-100 trajectories (`train.evaluate`).
     c.eval.adaptive_solver = ""
     c.eval.plots = False
