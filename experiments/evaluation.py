@@ -73,9 +73,11 @@ def validate(e) -> None:
                               f"(tsit5, dopri5), got {e.nll_probes}, {e.nll_tolerance}, {e.nll_solver!r}")
 
 
-def _draw(key, path, apply, params, e, data_shape, name: str, steps: int | None, trajectory: bool):
+def _draw(key, path, apply, params, e, data_shape, name: str, steps: int | None, trajectory: bool,
+          keep_trajectory: bool = False):
     """(samples (num_samples, *d), nfe, kinetic energy per dimension or None, (trajectories (steps + 1,
-    num_samples, *d), their times) or None), drawn in chunks."""
+    num_samples, *d), their times) or None), drawn in chunks. trajectory: save each chunk's trajectory for the
+    kinetic energy; keep_trajectory: also return them (only where they fit in memory: the toy sizes, not images)."""
     n = e.num_samples
     b = min(e.get("batch_size") or n, n)
     out, nfe, ke, trajs, ts = [], None, [], [], None
@@ -92,13 +94,15 @@ def _draw(key, path, apply, params, e, data_shape, name: str, steps: int | None,
         if trajectory:
             traj = jax.vmap(path.readout)(res.trajectory)[:, :m]
             ke.append(float(fj.metrics.kinetic_energy(traj, res.ts)) * m)
-            trajs.append(np.asarray(traj))
-            ts = np.asarray(res.ts)
+            if keep_trajectory:
+                trajs.append(np.asarray(traj))
+                ts = np.asarray(res.ts)
         out.append(np.asarray(res.samples)[:m])
         nfe = None if res.nfe is None else max(int(res.nfe), nfe or 0)
     if not trajectory:
         return np.concatenate(out), nfe, None, None
-    return np.concatenate(out), nfe, sum(ke) / n / math.prod(data_shape), (np.concatenate(trajs, axis=1), ts)
+    kept = (np.concatenate(trajs, axis=1), ts) if keep_trajectory else None
+    return np.concatenate(out), nfe, sum(ke) / n / math.prod(data_shape), kept
 
 
 def evaluate(key, path, apply, params, e, data_shape: tuple[int, ...], score: Callable[[np.ndarray], dict], *,
@@ -114,14 +118,15 @@ def evaluate(key, path, apply, params, e, data_shape: tuple[int, ...], score: Ca
     ke_tag = f"{e.solver}{max(e.step_counts)}" if e.step_counts else None
     for tag, name, n in solver_runs(e):
         save = (kinetic_energy or keep_trajectory) and tag == ke_tag
-        x, nfe, ke, traj = _draw(key, path, apply, params, e, data_shape, name, n, save)
+        x, nfe, ke, traj = _draw(key, path, apply, params, e, data_shape, name, n, save,
+                                 keep_trajectory and tag == ke_tag)
         finite = np.isfinite(x.reshape(len(x), -1)).all(-1)
         out[tag] = {"nfe": nfe, "nonfinite": int(np.sum(~finite)), **score(x)}
         if ke is not None and kinetic_energy:
             out[tag]["kinetic_energy_per_dim"] = ke
         if keep_samples and tag == ke_tag:
             out[tag]["_samples"] = x[:keep_samples]
-        if traj is not None and keep_trajectory:
+        if traj is not None:
             out[tag]["_trajectory"], out[tag]["_ts"] = traj
     return out
 
