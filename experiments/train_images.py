@@ -50,6 +50,9 @@ from fm_jax import fid as fid_lib
 from fm_jax import image_metrics
 from fm_jax.data import images as image_data
 
+# Config keys that may differ between a run's launches: evaluation, logging, the step budget, the device layout.
+IGNORED_ON_RESUME = ("train.steps", "train.host_devices", "eval", "log")
+
 
 def model_channels(path, data_shape: tuple[int, int, int]) -> tuple[int, int]:
     """(in_channels, out_channels) of a U-Net for `path` on images of `data_shape` (state and target leaves
@@ -212,7 +215,8 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> list[d
     mesh = fd.make_mesh(model=t.model_axis)
     steps_fn = fd.make_sharded_scan_train_step(image_loss, optimizer, mesh, ema_decay=t.ema_decay)
     state = fd.shard_state(fj.init_train_state(jax.random.key(config.seed), params, optimizer), mesh)
-    ckpt = common.checkpointer(config, workdir)
+    # The device layout may change between launches (the state is restored onto the current mesh).
+    ckpt = common.checkpointer(config, workdir, ignore_config_keys=IGNORED_ON_RESUME)
     try:
         state, _ = common.resume(ckpt, state)
         start_step = int(state.step)
@@ -294,11 +298,31 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> list[d
     return results
 
 
+def host_device_count(config) -> int | None:
+    """The CPU device count `train.host_devices` asks for: 0 (default) = the most cores that divide the batch
+    (data-parallel over the host's cores; with `train.model_axis` > 1 the count is left alone), n = n devices."""
+    t = config.train
+    n = int(t.get("host_devices", 0))
+    common.require(n >= 0, f"train.host_devices={n} must be 0 (one device per core) or a device count")
+    if n:
+        return n
+    if t.model_axis != 1:
+        return None
+    return max(d for d in range(1, fd.host_cores() + 1) if t.batch_size % d == 0)
+
+
 def start_processes(config) -> tuple[int, int]:
     """`jax.distributed` for a multi-host launch (`fm_jax.distributed.initialize_from_env`: coordinator environment
-    variables, SLURM/MPI, or the TPU metadata with `train.auto_detect`); a no-op for one process. Before any JAX op.
+    variables, SLURM/MPI, or the TPU metadata with `train.auto_detect`); a no-op for one process. A single process
+    then splits its CPU into `train.host_devices` data-parallel devices (`fm_jax.distributed.use_host_cores`; used
+    only where the run trains on the CPU). Before any JAX op.
     """
-    return fd.initialize_from_env(auto_detect=bool(config.train.get("auto_detect", False)))
+    process, count = fd.initialize_from_env(auto_detect=bool(config.train.get("auto_detect", False)))
+    if count == 1:
+        n = host_device_count(config)
+        if n is not None and n > 1:
+            fd.use_host_cores(n)
+    return process, count
 
 
 def main(config, workdir: str):

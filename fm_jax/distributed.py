@@ -18,6 +18,9 @@ the rows `process_batch_rows(global_batch, mesh)` of each global batch, and `sha
 array with `jax.make_array_from_process_local_data`.
 
 Mixed precision (bfloat16 compute, float32 parameters) wraps the model's `apply`: `fm_jax.models.mixed_precision`.
+
+On a CPU host, `use_host_cores()` (before the first JAX operation) exposes one XLA device per core, so the same
+data-parallel mesh keeps every core busy: XLA:CPU runs a U-Net step's convolutions on one thread.
 """
 
 from __future__ import annotations
@@ -52,9 +55,11 @@ __all__ = [
     "replicate_for_pmap",
     "shard_batch",
     "shard_state",
+    "host_cores",
     "split_for_pmap",
     "state_sharding",
     "unreplicate",
+    "use_host_cores",
 ]
 
 
@@ -117,7 +122,55 @@ def initialize_from_env(
             jax.distributed.initialize(address, num_processes, process_id, **kwargs)
     elif auto_detect or _launched_by_cluster(env):
         jax.distributed.initialize(**kwargs)
+    if not jax.distributed.is_initialized():
+        return 0, 1  # without starting JAX's backends: the caller may still set them up (`use_host_cores`)
     return jax.process_index(), jax.process_count()
+
+
+def host_cores() -> int:
+    """The number of cores this process may run on (its CPU affinity where the OS reports one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _user_set_cpu_devices() -> bool:
+    return jax.config.jax_num_cpu_devices != -1 or "xla_force_host_platform_device_count" in os.environ.get(
+        "XLA_FLAGS", "")
+
+
+def use_host_cores(num_devices: int | None = None) -> int | None:
+    """Split the CPU backend into `num_devices` XLA devices (default: one per core, `host_cores()`), so that a
+    data-parallel mesh (`make_mesh`, every trainer of this module) runs one shard of the batch on each core.
+
+    Why: XLA:CPU runs most of a training step's operations, convolutions included, on one thread (the MNIST U-Net
+    step is as fast pinned to one core as on two), so the other cores idle. As data-parallel devices they each
+    take a slice of the batch; XLA all-reduces the gradients. Same global batch and key → the same step up to
+    float round-off (see the module docstring). On a GPU/TPU host only the unused CPU backend changes.
+
+    Call before the first JAX operation (it sets `jax_num_cpu_devices`, which JAX reads when it starts its
+    backends). A CPU device count the caller already chose (`jax_num_cpu_devices`, or `XLA_FLAGS` with
+    `--xla_force_host_platform_device_count`) is kept. With `num_devices=None` a call after start-up changes
+    nothing; an explicit count that can no longer be set raises `RuntimeError`.
+
+    Returns:
+        the CPU device count this call set, or None where it left the count alone.
+    """
+    from jax._src import xla_bridge
+
+    if num_devices is not None and (not isinstance(num_devices, int) or num_devices < 1):
+        raise ValueError(f"num_devices must be a positive integer, got {num_devices!r}")
+    if xla_bridge.backends_are_initialized():
+        if num_devices is None or num_devices == len(jax.devices("cpu")):
+            return None
+        raise RuntimeError(f"use_host_cores({num_devices}) must be called before the first JAX operation: JAX "
+                           f"already started with {len(jax.devices('cpu'))} CPU device(s)")
+    if _user_set_cpu_devices():
+        return None
+    num_devices = host_cores() if num_devices is None else num_devices
+    jax.config.update("jax_num_cpu_devices", num_devices)
+    return num_devices
 
 
 # ----------------------------------------------------------------------------------------------------------------

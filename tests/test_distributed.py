@@ -230,6 +230,56 @@ def test_initialize_from_env_single_process_and_bad_values():
         fd.initialize_from_env({"MASTER_ADDR": "h", "WORLD_SIZE": "2", "RANK": "2"})
 
 
+_HOST_CORES_SCRIPT = """
+import json, jax, pytest
+from fm_jax import distributed as fd
+out = {"set": fd.use_host_cores(3)}
+out["devices"] = jax.device_count()
+out["again"] = [fd.use_host_cores(3), fd.use_host_cores()]  # started with 3 already: nothing to change
+with pytest.raises(RuntimeError, match="before the first JAX operation"):
+    fd.use_host_cores(2)
+with pytest.raises(ValueError, match="positive integer"):
+    fd.use_host_cores(0)
+print(json.dumps(out))
+"""
+
+
+def test_use_host_cores_splits_the_cpu_before_start_up_and_keeps_a_users_count():
+    def run(**env):
+        out = subprocess.run([sys.executable, "-c", _HOST_CORES_SCRIPT], env=_env(**env), capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.splitlines()[-1])
+
+    assert run() == {"set": 3, "devices": 3, "again": [None, None]}
+    # XLA_FLAGS chose 2 devices: kept (the explicit 3 is not applied, and the later calls see 2 devices).
+    kept = subprocess.run([sys.executable, "-c", "import jax; from fm_jax import distributed as fd; "
+                           "print(fd.use_host_cores(3), fd.use_host_cores(), jax.device_count())"],
+                          env=_env(devices=2), capture_output=True, text=True, timeout=300)
+    assert kept.returncode == 0 and kept.stdout.split() == ["None", "None", "2"], kept.stderr[-3000:]
+
+
+def test_host_device_count_of_an_image_config(monkeypatch):
+    from experiments import common
+    from experiments.configs import image_base
+    from experiments.train_images import host_device_count
+
+    monkeypatch.setattr(fd, "host_cores", lambda: 4)
+    c = image_base.mnist("cond_ot")
+    assert c.train.host_devices == 0 and c.train.batch_size == 64 and host_device_count(c) == 4
+    c.train.batch_size = 30
+    assert host_device_count(c) == 3  # the most cores that divide the batch
+    c.train.batch_size = 7
+    assert host_device_count(c) == 1
+    c.train.host_devices = 5
+    assert host_device_count(c) == 5  # explicit: validate() checks the batch against it
+    c.train.host_devices, c.train.model_axis = 0, 2
+    assert host_device_count(c) is None  # a model axis: the device layout is the user's
+    c.train.host_devices = -1
+    with pytest.raises(common.ConfigError, match="host_devices"):
+        host_device_count(c)
+
+
 def test_single_device_placement_helpers():
     mesh = fd.make_mesh()
     assert dict(mesh.shape) == {"data": 1, "model": 1}

@@ -259,18 +259,26 @@ def test_unread_field_check_can_fail():
     assert not re.search(r"\.some_unused_setting\b", code)
 
 
+# The smallest image run: the MNIST config, a one-level 8-channel U-Net, 10 steps, FID of 16 samples at Euler 2.
+_SMALL_IMAGE_RUN = """
+from experiments.configs import mnist_cond_ot
+config = mnist_cond_ot.get_config()
+config.model.update(dict(channels=8, channel_mult=(1,), attention_resolutions=(), num_heads=1))
+config.train.steps, config.train.steps_per_call, config.train.checkpoint_every = 10, 10, 10
+config.eval.at_steps, config.eval.num_samples, config.eval.step_counts = (10,), 16, (2,)
+config.eval.cache_dir, config.eval.classifier_steps = CACHE, 20
+config.log.tensorboard = False
+"""
+
+
 def test_image_training_smoke_writes_mnist_fid_and_grid(tmp_path):
     # The MNIST-classifier branch of the image trainer at the smallest size (the CIFAR-10 pipeline, checkpoints,
     # SIGKILL and resume, TensorBoard and the table are tests/test_image_pipeline.py).
-    from experiments.configs import mnist_cond_ot
     from experiments.train_images import train_and_evaluate as train_images
 
-    config = mnist_cond_ot.get_config()
-    config.model.update(dict(channels=8, channel_mult=(1,), attention_resolutions=(), num_heads=1))
-    config.train.steps, config.train.steps_per_call, config.train.checkpoint_every = 10, 10, 10
-    config.eval.at_steps, config.eval.num_samples, config.eval.step_counts = (10,), 16, (2,)
-    config.eval.cache_dir, config.eval.classifier_steps = str(tmp_path / "cache"), 20
-    config.log.tensorboard = False
+    scope = {"CACHE": str(tmp_path / "cache")}
+    exec(_SMALL_IMAGE_RUN, scope)
+    config = scope["config"]
     rows = train_images(config, str(tmp_path / "run"), progress=False)
     assert [r["step"] for r in rows] == [10] and np.isfinite(rows[-1]["loss"]) and rows[-1]["mnist_fid"] > 0
     assert rows[-1]["solver"] == "euler2" and rows[-1]["nfe"] == 2 and rows[-1]["kinetic_energy_per_dim"] > 0
@@ -278,6 +286,21 @@ def test_image_training_smoke_writes_mnist_fid_and_grid(tmp_path):
     assert (tmp_path / "run" / "samples_10.png").exists()
     # Relaunching a finished run restores it and keeps its evaluation rows.
     assert [r["step"] for r in train_images(config, str(tmp_path / "run"), progress=False)] == [10]
+
+    # The same run on the CPU split into two data-parallel devices (`train.host_devices = 2`; the command line
+    # splits before JAX starts, so: a fresh process): the same loss and FID up to float round-off.
+    script = "\n".join([
+        "import json, jax", f"CACHE = {scope['CACHE']!r}", _SMALL_IMAGE_RUN, "config.train.host_devices = 2",
+        "from experiments.train_images import start_processes, train_and_evaluate",
+        "start_processes(config)",
+        f"row = train_and_evaluate(config, {str(tmp_path / 'run2')!r}, progress=False)[-1]",
+        "print(json.dumps({'devices': jax.device_count(), 'loss': row['loss'], 'fid': row['mnist_fid']}))"])
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": ROOT})
+    assert out.returncode == 0, out.stderr[-3000:]
+    two = json.loads(out.stdout.splitlines()[-1])
+    assert two["devices"] == 2
+    np.testing.assert_allclose([two["loss"], two["fid"]], [rows[-1]["loss"], rows[-1]["mnist_fid"]], rtol=1e-4)
 
 
 def test_compare_writes_table_csv_and_plots(tmp_path, monkeypatch):

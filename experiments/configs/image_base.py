@@ -4,6 +4,10 @@ Per-table files (`mnist_<path>.py`, `cifar10_<path>.py`) call `mnist(name, **kwa
 with a registered path name (`experiments.registry.PATHS`) and its keyword arguments, and override what that
 path needs. Every field is read by `experiments.train_images` (its docstring lists the evaluation protocol).
 
+train.host_devices: on a CPU, the number of data-parallel XLA devices the host is split into (0 = one per core,
+as many as divide the batch; 1 = a single device). XLA:CPU runs a U-Net step's convolutions on one thread, so
+this is what puts the other cores to work (`fm_jax.distributed.use_host_cores`); it may change between launches.
+
 eval fields: `at_steps` (training steps at which the EMA model is evaluated), `num_samples` (FID samples) drawn
 `batch_size` at a time, `solver` at each of `step_counts` plus `adaptive_solver` ("" = none; its NFE reported),
 `nll_samples` test images for bits/dim (0 = none) with `nll_probes` Hutchinson probes and `nll_solver` at
@@ -33,7 +37,7 @@ def mnist(path: str, **path_kwargs) -> ml_collections.ConfigDict:
         dict(steps=1000, batch_size=64, learning_rate=2e-3, warmup_steps=50, final_lr_fraction=0.1,
              clip_norm=1.0, ema_decay=0.995, steps_per_call=10, time_sampler=spec("uniform"),
              checkpoint_every=250, keep_checkpoints=2, max_bad_steps=50, model_axis=1, bf16=False,
-             auto_detect=False)
+             auto_detect=False, host_devices=0)
     )
     c.eval = ml_collections.ConfigDict(
         dict(at_steps=(250, 500, 1000), num_samples=500, batch_size=500, solver="euler", step_counts=(20,),
