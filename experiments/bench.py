@@ -267,6 +267,11 @@ def torch_reference(quick: bool) -> dict | None:
 
 
 def main(config, workdir: str):
+    from fm_jax import distributed as fd
+
+    # Before any JAX op. The toy sections run on the first device, as before; the U-Net section adds its
+    # data-parallel step over all of them.
+    fd.use_host_cores(config.get("host_devices", 0) or None)
     args = types.SimpleNamespace(quick=config.quick, out=os.path.join(workdir, "bench.json"))
 
     report = {

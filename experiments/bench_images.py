@@ -16,7 +16,11 @@ accelerator, or on CPU when `--config.cifar.cpu_batch` > 0):
   (`make_optimizer(flatten=False)`) beside the default flat one, a per-op-class profile of the step
   (`experiments/profile_unet.py`: share of convolutions, normalisation, layout copies, optimiser), and a stack of
   eight 3×3 convolutions (the U-Net's main operation) in both frameworks and under every XLA variant: the best
-  rate XLA:CPU reaches on convolutions.
+  rate XLA:CPU reaches on convolutions;
+- on a CPU split into one device per core (`fm_jax.distributed.use_host_cores`, what `main` does first, as the
+  image trainer does): the MNIST step, the sampler and the convolution stack data-parallel over those devices,
+  against one device and PyTorch (`host_data_parallel`). XLA:CPU runs these convolutions on one thread, so the
+  split is what uses the other cores.
 JAX, PyTorch and the matmul are timed in turn within every round (the machine may be shared); figures are medians
 over rounds, and the load average is recorded beside them. JSON goes to `<workdir>/bench_images.json`.
 `run(quick=...)` is the entry `experiments.bench` (`make bench`) calls to add these figures to its report.
@@ -37,6 +41,7 @@ import numpy as np
 from flax import nnx
 
 import fm_jax as fj
+from fm_jax import distributed as fd
 from fm_jax import paths as P
 
 # Dense peak TFLOP/s per chip, (bf16, f32), matched by substring of `device.device_kind` (lower case), first hit.
@@ -119,10 +124,13 @@ def build_unet(m, rngs_seed: int | jax.Array = 0) -> fj.models.UNet:
 
 
 class JaxStep:
-    """The image train step of `experiments/train_images.py` (Cond-OT, Adam + clipping, EMA), compiled once."""
+    """The image train step of `experiments/train_images.py` (Cond-OT, Adam + clipping, EMA), compiled once.
+
+    devices > 1: data-parallel over the first `devices` devices (`fm_jax.distributed`, as the image trainer
+    runs on a CPU split by `use_host_cores`); 1: plain `jax.jit` on the default device."""
 
     def __init__(self, m, batch: int, seed: int, compiler_options: dict | None = None, model=None,
-                 flatten: bool = True):
+                 flatten: bool = True, devices: int = 1):
         self.path = P.AffinePath(P.CondOT())
         model = build_unet(m, seed) if model is None else model
         self.num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))
@@ -138,9 +146,16 @@ class JaxStep:
         self.state = fj.init_train_state(jax.random.key(seed + 1), params, opt)
         self.x1 = jax.random.uniform(jax.random.key(seed + 2), (batch, m.image_size, m.image_size, m.in_channels),
                                      minval=-1.0, maxval=1.0)
+        jitted = jax.jit(step, donate_argnums=0)
+        if devices > 1:
+            mesh = fd.make_mesh(devices=jax.devices()[:devices])
+            sharded = fd.make_sharded_train_step(loss_fn, opt, mesh, ema_decay=m.ema_decay)
+            jitted = jax.jit(lambda s, x, p: (lambda out: (out[0], out[1]["loss"]))(sharded(s, x, p)),
+                             donate_argnums=0)
+            self.state, self.x1 = fd.shard_state(self.state, mesh), fd.shard_batch(self.x1, mesh)
+            self.path = fd.replicate(self.path, mesh)
         start = time.perf_counter()
-        self.compiled = jax.jit(step, donate_argnums=0).lower(self.state, self.x1, self.path).compile(
-            compiler_options=compiler_options or None)
+        self.compiled = jitted.lower(self.state, self.x1, self.path).compile(compiler_options=compiler_options or None)
         self.compile_seconds = time.perf_counter() - start
         self.flops = _flops(self.compiled)
         self.memory = _memory_analysis(self.compiled)
@@ -158,7 +173,11 @@ class JaxStep:
 class JaxSampler:
     """`fm_jax.sample` with the EMA-free evaluation model (no dropout), Euler, `num_steps` steps."""
 
-    def __init__(self, m, batch: int, seed: int):
+    def __init__(self, m, batch: int, seed: int, devices: int = 1):
+        self.sharding = None
+        if devices > 1:  # data-parallel: the source draws split over the devices (`fj.sample(..., sharding=)`)
+            mesh = fd.make_mesh(devices=jax.devices()[:devices])
+            self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(fd.DATA_AXIS))
         model = build_unet(m, seed)
         model.eval()
         self.apply, self.params = fj.models.as_apply(model)
@@ -171,7 +190,7 @@ class JaxSampler:
     def run(self) -> float:
         start = time.perf_counter()
         fj.sample(jax.random.key(0), self.path, self.apply, self.params, self.batch, self.shape,
-                  num_steps=self.num_steps).samples.block_until_ready()
+                  num_steps=self.num_steps, sharding=self.sharding).samples.block_until_ready()
         return time.perf_counter() - start
 
 
@@ -406,6 +425,14 @@ def _torch_available(config) -> bool:
     return True
 
 
+def host_dp_devices(batch: int) -> int:
+    """The data-parallel device count for `batch` on a CPU split by `use_host_cores` (1: not split, or elsewhere)."""
+    cpus = jax.devices()
+    if cpus[0].platform != "cpu":
+        return 1
+    return max(d for d in range(1, len(cpus) + 1) if batch % d == 0)
+
+
 def bench_model(m, batch: int, config, *, with_torch: bool, matmul=None, variants: dict | None = None) -> dict:
     """Train step (JAX, PyTorch, XLA variants) and sampling of one U-Net, interleaved rounds; medians."""
     rounds = 2 if config.quick else config.rounds
@@ -423,7 +450,9 @@ def bench_model(m, batch: int, config, *, with_torch: bool, matmul=None, variant
             out.setdefault("xla_variants_failed", {})[name] = str(err).splitlines()[0][:200]
     per_leaf = JaxStep(m, batch, config.seed, flatten=False) \
         if variants is not None and config.get("compare_per_leaf_update") else None
-    times = {"jax": [], "torch": [], "matmul_gflops": [], "per_leaf": [], **{k: [] for k in vs}}
+    dp_devices = host_dp_devices(batch)
+    dp = JaxStep(m, batch, config.seed, devices=dp_devices) if dp_devices > 1 else None
+    times = {"jax": [], "torch": [], "matmul_gflops": [], "per_leaf": [], "host_dp": [], **{k: [] for k in vs}}
     loads = []
     for _ in range(rounds):
         times["jax"].append(jx.steps(n))
@@ -433,6 +462,8 @@ def bench_model(m, batch: int, config, *, with_torch: bool, matmul=None, variant
             times[k].append(v.steps(n))
         if per_leaf is not None:
             times["per_leaf"].append(per_leaf.steps(n))
+        if dp is not None:
+            times["host_dp"].append(dp.steps(n))
         if matmul is not None:
             times["matmul_gflops"].append(matmul())
         loads.append(_load()[0])
@@ -449,6 +480,21 @@ def bench_model(m, batch: int, config, *, with_torch: bool, matmul=None, variant
                           "achieved_gflops_xla_flops": jx.flops / med["torch"] / 1e9 if jx.flops else None,
                           "threads": config.torch_threads}
         out["speed_vs_pytorch"] = med["torch"] / sec
+    if dp is not None:
+        d = {"devices": dp_devices, "compile_seconds": dp.compile_seconds, "step_seconds": med["host_dp"],
+             "step_seconds_all": times["host_dp"], "images_per_second": batch / med["host_dp"],
+             "speedup_vs_one_device": sec / med["host_dp"],
+             # Both ran the same steps from the same state and batch: the split changes round-off only.
+             "params_max_abs_diff_vs_one_device": max(
+                 float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
+                 zip(jax.tree_util.tree_leaves(jx.state.params), jax.tree_util.tree_leaves(dp.state.params)))}
+        if jx.flops:
+            d["achieved_gflops"] = jx.flops / med["host_dp"] / 1e9  # the single-device program's FLOPs
+            if "matmul_gflops" in med:
+                d["fraction_of_matmul"] = d["achieved_gflops"] / med["matmul_gflops"]
+        if th is not None:
+            d["speed_vs_pytorch"] = med["torch"] / med["host_dp"]
+        out["host_data_parallel"] = d
     if per_leaf is not None:
         out["per_leaf_update"] = {"compile_seconds": per_leaf.compile_seconds, "step_seconds": med["per_leaf"],
                                   "flat_update_speedup": med["per_leaf"] / sec,
@@ -468,10 +514,14 @@ def bench_model(m, batch: int, config, *, with_torch: bool, matmul=None, variant
         out["profile"]["conv_fraction"] = conv / prof["summed_thunk_ms"]
     # Sampling: images/s at `sample_steps` Euler steps.
     js = JaxSampler(m, m.sample_batch, config.seed)
+    sample_dp = host_dp_devices(m.sample_batch)
+    jds = JaxSampler(m, m.sample_batch, config.seed, devices=sample_dp) if sample_dp > 1 else None
     ts = TorchSampler(m, m.sample_batch, config.torch_threads) if with_torch else None
-    sj, st = [], []
+    sj, st, sd = [], [], []
     for _ in range(1 if config.quick else 3):
         sj.append(js.run())
+        if jds is not None:
+            sd.append(jds.run())
         if ts is not None:
             st.append(ts.run())
     out["sampling"] = {"batch": m.sample_batch, "euler_steps": m.sample_steps, "seconds": statistics.median(sj),
@@ -480,6 +530,12 @@ def bench_model(m, batch: int, config, *, with_torch: bool, matmul=None, variant
     if ts is not None:
         out["sampling"]["pytorch_images_per_second"] = m.sample_batch / statistics.median(st)
         out["sampling"]["speed_vs_pytorch"] = statistics.median(st) / statistics.median(sj)
+    if jds is not None:
+        out["sampling"]["host_data_parallel"] = {
+            "devices": sample_dp, "images_per_second": m.sample_batch / statistics.median(sd),
+            "speedup_vs_one_device": statistics.median(sj) / statistics.median(sd)}
+        if ts is not None:
+            out["sampling"]["host_data_parallel"]["speed_vs_pytorch"] = statistics.median(st) / statistics.median(sd)
     out["peak_device_memory_bytes"] = _peak_memory()
     return out
 
@@ -513,10 +569,18 @@ def conv_stack(config, matmul) -> dict:
             except Exception:  # an option this jaxlib does not take
                 continue
 
-    def run_jax(c=compiled):
+    def run_jax(c=compiled, ws=ws, x=x):
         start = time.perf_counter()
         jax.block_until_ready(c(ws, x))
         return time.perf_counter() - start
+
+    # Data-parallel over the CPU's devices (`use_host_cores`): the batch split, the filter gradients all-reduced.
+    dp_devices = host_dp_devices(b)
+    if dp_devices > 1:
+        mesh = fd.make_mesh(devices=jax.devices()[:dp_devices])
+        dp_ws, dp_x = fd.replicate(ws, mesh), fd.shard_batch(x, mesh)
+        dp_compiled = jax.jit(jax.grad(f)).lower(dp_ws, dp_x).compile()
+        jax.block_until_ready(dp_compiled(dp_ws, dp_x))
 
     run_torch = None
     if _torch_available(config):
@@ -535,9 +599,11 @@ def conv_stack(config, matmul) -> dict:
             return time.perf_counter() - start
 
         run_torch()
-    tj, tt, mm, tv = [], [], [], {k: [] for k in variants}
+    tj, tt, mm, td, tv = [], [], [], [], {k: [] for k in variants}
     for _ in range(3 if config.quick else 7):
         tj.append(run_jax())
+        if dp_devices > 1:
+            td.append(run_jax(dp_compiled, dp_ws, dp_x))
         for k, variant in variants.items():
             tv[k].append(run_jax(variant))
         if run_torch:
@@ -552,6 +618,11 @@ def conv_stack(config, matmul) -> dict:
         out.update(pytorch_seconds=statistics.median(tt), pytorch_gflops=flops / statistics.median(tt) / 1e9,
                    speed_vs_pytorch=statistics.median(tt) / statistics.median(tj))
         out["best_xla_vs_pytorch"] = out["best_xla_gflops"] / out["pytorch_gflops"]
+    if td:
+        out["host_data_parallel"] = {"devices": dp_devices, "gflops": flops / statistics.median(td) / 1e9,
+                                     "speedup_vs_one_device": statistics.median(tj) / statistics.median(td)}
+        if tt:
+            out["host_data_parallel"]["speed_vs_pytorch"] = statistics.median(tt) / statistics.median(td)
     return out
 
 
@@ -615,10 +686,19 @@ def summary(report: dict) -> str:
                     f"{r['images_per_second']:.0f} | {(r['flops_per_step'] or 0) / 1e9:.1f} | "
                     f"{r['achieved_gflops'] or 0:.0f} | {100 * r.get('mfu', 0):.0f} % | {vs} | "
                     f"{statistics.median(r['load_1min_during']):.1f} |")
+        d = r.get("host_data_parallel")
+        if d:
+            vs = f"{d['speed_vs_pytorch']:.2f}×" if "speed_vs_pytorch" in d else "–"
+            mfu = f"{100 * d['fraction_of_matmul']:.0f} %" if "fraction_of_matmul" in d else "–"
+            rows.append(f"| {name}, {d['devices']} CPU devices | {r['batch']} | {d['compile_seconds']:.1f} | "
+                        f"{1e3 * d['step_seconds']:.0f} | {d['images_per_second']:.0f} | "
+                        f"{(r['flops_per_step'] or 0) / 1e9:.1f} | {d.get('achieved_gflops') or 0:.0f} | {mfu} | "
+                        f"{vs} | {statistics.median(r['load_1min_during']):.1f} |")
     return "\n".join(rows)
 
 
 def main(config, workdir: str):
+    fd.use_host_cores(config.host_devices or None)  # before any JAX op: one CPU device per core (0) or n
     report = run(config)
     out = os.path.join(workdir, "bench_images.json")
     os.makedirs(workdir, exist_ok=True)

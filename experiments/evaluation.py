@@ -74,10 +74,11 @@ def validate(e) -> None:
 
 
 def _draw(key, path, apply, params, e, data_shape, name: str, steps: int | None, trajectory: bool,
-          keep_trajectory: bool = False):
+          keep_trajectory: bool = False, sharding=None):
     """(samples (num_samples, *d), nfe, kinetic energy per dimension or None, (trajectories (steps + 1,
     num_samples, *d), their times) or None), drawn in chunks. trajectory: save each chunk's trajectory for the
-    kinetic energy; keep_trajectory: also return them (only where they fit in memory: the toy sizes, not images)."""
+    kinetic energy; keep_trajectory: also return them (only where they fit in memory: the toy sizes, not images).
+    sharding: of each chunk's source draws (`fj.sample`), to solve data-parallel."""
     n = e.num_samples
     b = min(e.get("batch_size") or n, n)
     out, nfe, ke, trajs, ts = [], None, [], [], None
@@ -87,10 +88,10 @@ def _draw(key, path, apply, params, e, data_shape, name: str, steps: int | None,
         if name == EDM:
             s = e.edm_sampler
             res = fj.sample_edm(k, path, apply, params, b, data_shape, num_steps=steps, sigma_min=s.sigma_min,
-                                sigma_max=s.sigma_max, rho=s.rho)
+                                sigma_max=s.sigma_max, rho=s.rho, sharding=sharding)
         else:
             res = fj.sample(k, path, apply, params, b, data_shape, solver=registry.get_solver(name), num_steps=steps,
-                            save_trajectory=steps + 1 if trajectory else None)
+                            save_trajectory=steps + 1 if trajectory else None, sharding=sharding)
         if trajectory:
             traj = jax.vmap(path.readout)(res.trajectory)[:, :m]
             ke.append(float(fj.metrics.kinetic_energy(traj, res.ts)) * m)
@@ -106,20 +107,23 @@ def _draw(key, path, apply, params, e, data_shape, name: str, steps: int | None,
 
 
 def evaluate(key, path, apply, params, e, data_shape: tuple[int, ...], score: Callable[[np.ndarray], dict], *,
-             kinetic_energy: bool = False, keep_samples: int = 0, keep_trajectory: bool = False) -> dict[str, dict]:
+             kinetic_energy: bool = False, keep_samples: int = 0, keep_trajectory: bool = False,
+             sharding=None) -> dict[str, dict]:
     """{tag: {"nfe", "nonfinite", **score(samples)}} for every solver run of the eval block `e`.
 
     kinetic_energy: also save the trajectories of the run of `e.solver` with the most steps and add its
     `kinetic_energy_per_dim` (E ∫ |dx/dt|² dt / D). keep_samples: keep the first this many samples of that run
     under "_samples" (for a sample grid). keep_trajectory: keep that run's trajectories (steps + 1, num_samples, *d)
     and their times under "_trajectory" and "_ts" (one solve gives the scores and the trajectory metrics).
+    sharding: of the source draws of each chunk of `e.batch_size` samples (`fj.sample`): solves run
+    data-parallel over its devices (the same samples up to float round-off).
     """
     out = {}
     ke_tag = f"{e.solver}{max(e.step_counts)}" if e.step_counts else None
     for tag, name, n in solver_runs(e):
         save = (kinetic_energy or keep_trajectory) and tag == ke_tag
         x, nfe, ke, traj = _draw(key, path, apply, params, e, data_shape, name, n, save,
-                                 keep_trajectory and tag == ke_tag)
+                                 keep_trajectory and tag == ke_tag, sharding)
         finite = np.isfinite(x.reshape(len(x), -1)).all(-1)
         out[tag] = {"nfe": nfe, "nonfinite": int(np.sum(~finite)), **score(x)}
         if ke is not None and kinetic_energy:

@@ -250,6 +250,13 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> list[d
             del e_run["edm_sampler"]  # no signal-to-noise ratio: no EDM grid for this path
             print(f"{config.path.name}: no signal-to-noise ratio, the EDM sampler is skipped", flush=True)
 
+        # Samples are drawn data-parallel over the mesh's data axis too (one process; chunks that split evenly).
+        data_devices = mesh.shape[fd.DATA_AXIS]
+        chunk = min(e.get("batch_size") or e.num_samples, e.num_samples)
+        sample_sharding = None
+        if data_devices > 1 and jax.process_count() == 1 and chunk % data_devices == 0:
+            sample_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(fd.DATA_AXIS))
+
         def evaluate_at(step, s, row):
             if step not in at_steps:
                 return
@@ -257,7 +264,7 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> list[d
             ema = jax.device_get(s.ema_params)
             key = jax.random.key(config.seed + 1)
             scores = evaluation.evaluate(key, path, eval_apply, ema, e_run, data_shape, score, kinetic_energy=True,
-                                         keep_samples=64)
+                                         keep_samples=64, sharding=sample_sharding)
             extra = {}
             ke = [m["kinetic_energy_per_dim"] for m in scores.values() if "kinetic_energy_per_dim" in m]
             if ke:

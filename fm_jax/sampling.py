@@ -289,6 +289,7 @@ def sample(
     cond: PyTree[Array] | None = None,
     guidance_scale: Array | float | None = None,
     null_cond: PyTree[Array] | None = None,
+    sharding: jax.sharding.Sharding | None = None,
 ) -> SampleResult:
     """Draw `num_samples` from the source, integrate the model's vector field from t = 0 to 1, read out.
 
@@ -299,6 +300,9 @@ def sample(
         solver, num_steps, rtol, atol, ts, save_trajectory: as in `integrate` (a grid `ts` should run from 0 to 1).
         cond, guidance_scale, null_cond: conditioning (leading axis num_samples) and classifier-free guidance,
             as in `model_vector_field`; pass guidance_scale as an array to change it without recompiling.
+        sharding: where the source draws go before the solve, e.g. `NamedSharding(mesh, P("data"))` to split the
+            samples over a mesh's data axis (params replicated on it or uncommitted): the solve then runs
+            data-parallel, with the same draws and the same samples up to float round-off. None: one device.
     Returns:
         `SampleResult(samples (n, *d), state, nfe, trajectory, ts)`.
 
@@ -307,9 +311,13 @@ def sample(
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples}")
-    z0 = _draw_source(key, path, num_samples, tuple(data_shape))
+    z0 = _place(_draw_source(key, path, num_samples, tuple(data_shape)), sharding)
     return sample_from(path, apply, params, z0, solver=solver, num_steps=num_steps, rtol=rtol, atol=atol, ts=ts,
                        save_trajectory=save_trajectory, cond=cond, guidance_scale=guidance_scale, null_cond=null_cond)
+
+
+def _place(z0, sharding):
+    return z0 if sharding is None else jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), z0)
 
 
 @eqx.filter_jit
@@ -371,6 +379,7 @@ def sample_edm(
     cond: PyTree[Array] | None = None,
     guidance_scale: Array | float | None = None,
     null_cond: PyTree[Array] | None = None,
+    sharding: jax.sharding.Sharding | None = None,
 ) -> SampleResult:
     """EDM's deterministic sampler (Karras et al. 2022, Algorithm 1, S_churn = 0) on the path's time axis.
 
@@ -382,7 +391,7 @@ def sample_edm(
 
     Args:
         path: an `AbstractInterpolantPath` that is `AbstractSignalToNoise` (affine Gaussian paths, the
-            oscillation HGF). Others: as in `sample`.
+            oscillation HGF). Others (`sharding` too): as in `sample`.
     Returns:
         `SampleResult(samples (n, *d), state, nfe = 2N − 1, None, ts (N + 1,))`.
     """
@@ -393,7 +402,7 @@ def sample_edm(
         raise ValueError(f"num_samples must be a positive integer, got {num_samples}")
     if num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps}")
-    x0 = _draw_source(key, path, num_samples, tuple(data_shape))
+    x0 = _place(_draw_source(key, path, num_samples, tuple(data_shape)), sharding)
     return _sample_edm(path, apply, params, x0, sigma_min, sigma_max, rho, cond, guidance_scale, null_cond,
                        num_steps=num_steps)
 

@@ -77,6 +77,9 @@ def test_one_device_equals_eight_devices_jit_and_pmap():
     assert out["pmap_copies_identical"]
     # Control: the loss on plain x1 (no index) under pmap draws different numbers per device: parameters differ.
     assert out["pmap_plain_loss_params"] > 100 * PARAM_TOL
+    # fj.sample(..., sharding=) over the 8 devices: the same samples, solved on the mesh.
+    for name in ("euler", "dopri5"):
+        assert out[f"sample_{name}"] < 1e-5 and out[f"sample_{name}_devices"] == 8, out
 
 
 @pytest.mark.distributed

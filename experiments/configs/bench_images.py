@@ -15,6 +15,9 @@ def get_config():
     c.steps_per_round = 5  # train steps timed per round and framework
     c.torch = True  # the PyTorch twin beside ours, when importable
     c.torch_threads = 2
+    # CPU devices the process is split into (`fm_jax.distributed.use_host_cores`): 0 = one per core, where the
+    # data-parallel MNIST step, sampler and convolution stack run beside the single-device ones; 1 = no split.
+    c.host_devices = 0
     c.peak_tflops = 0.0  # > 0: MFU against this peak instead of the device table (or, on CPU, the matmul rate)
     c.conv_stack = True  # 8 convolutions 3×3 + SiLU, forward + backward, JAX vs PyTorch (the U-Net's main op)
     # XLA compiler options tried on the MNIST train step (per compilation, same process, interleaved).

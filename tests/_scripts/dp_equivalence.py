@@ -105,6 +105,19 @@ def main() -> None:
         state, m = pstep(state, fd.split_for_pmap(b), path)
         float(m["loss"][0])
     out["pmap_plain_loss_params"] = max_diff(fd.unreplicate(jax.device_get(state)).params, plain_ref.params)
+    # Sampling data-parallel (`sharding=`): the same source draws, the same samples. XLA splits the solve's
+    # batch over the mesh and gathers the samples at the end (the result is replicated on the mesh).
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    sharding = NamedSharding(fd.make_mesh(), PartitionSpec(fd.DATA_AXIS))
+    shape = data.shape[1:]
+    for name, solver, steps in (("euler", fj.sampling.diffrax.Euler(), 8), ("dopri5", fj.sampling.diffrax.Dopri5(),
+                                                                          None)):
+        plain = fj.sample(jax.random.key(3), path, apply, ref.params, 64, shape, solver=solver, num_steps=steps)
+        split = fj.sample(jax.random.key(3), path, apply, ref.params, 64, shape, solver=solver, num_steps=steps,
+                          sharding=sharding)
+        out[f"sample_{name}"] = max_diff(split.samples, plain.samples)
+        out[f"sample_{name}_devices"] = len(split.samples.sharding.device_set)  # solved on the mesh (1 without)
     out["param_scale"] = max_diff(ref.params, jax.tree_util.tree_map(jnp.zeros_like, ref.params))
     out["param_change"] = max_diff(ref.params, params)
     print(json.dumps(out))
