@@ -250,12 +250,13 @@ def train_and_evaluate(config, workdir: str, *, progress: bool = True) -> list[d
             del e_run["edm_sampler"]  # no signal-to-noise ratio: no EDM grid for this path
             print(f"{config.path.name}: no signal-to-noise ratio, the EDM sampler is skipped", flush=True)
 
-        # Samples are drawn data-parallel over the mesh's data axis too (one process; chunks that split evenly).
-        data_devices = mesh.shape[fd.DATA_AXIS]
+        # Samples are drawn data-parallel too (one process), over as many of the data devices as split a chunk.
         chunk = min(e.get("batch_size") or e.num_samples, e.num_samples)
+        sample_devices = math.gcd(chunk, mesh.shape[fd.DATA_AXIS])
         sample_sharding = None
-        if data_devices > 1 and jax.process_count() == 1 and chunk % data_devices == 0:
-            sample_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(fd.DATA_AXIS))
+        if sample_devices > 1 and jax.process_count() == 1:
+            sample_mesh = fd.make_mesh(devices=list(mesh.devices[:, 0])[:sample_devices])
+            sample_sharding = jax.sharding.NamedSharding(sample_mesh, jax.sharding.PartitionSpec(fd.DATA_AXIS))
 
         def evaluate_at(step, s, row):
             if step not in at_steps:
@@ -324,11 +325,14 @@ def start_processes(config) -> tuple[int, int]:
     then splits its CPU into `train.host_devices` data-parallel devices (`fm_jax.distributed.use_host_cores`; used
     only where the run trains on the CPU). Before any JAX op.
     """
+    from jax._src import xla_bridge
+
     process, count = fd.initialize_from_env(auto_detect=bool(config.train.get("auto_detect", False)))
-    if count == 1:
-        n = host_device_count(config)
-        if n is not None and n > 1:
-            fd.use_host_cores(n)
+    n = host_device_count(config)
+    # The automatic split is skipped where JAX already started (a caller's process); an explicit count is not.
+    started = xla_bridge.backends_are_initialized() and not config.train.get("host_devices", 0)
+    if count == 1 and n is not None and n > 1 and not started:
+        fd.use_host_cores(n)
     return process, count
 
 

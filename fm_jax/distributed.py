@@ -122,8 +122,12 @@ def initialize_from_env(
             jax.distributed.initialize(address, num_processes, process_id, **kwargs)
     elif auto_detect or _launched_by_cluster(env):
         jax.distributed.initialize(**kwargs)
-    if not jax.distributed.is_initialized():
-        return 0, 1  # without starting JAX's backends: the caller may still set them up (`use_host_cores`)
+    from jax._src import xla_bridge
+
+    if not jax.distributed.is_initialized() and not xla_bridge.backends_are_initialized():
+        # Nothing started and no backend yet: one process (as far as the environment says) and JAX's backends
+        # left unstarted, so the caller may still set them up (`use_host_cores`).
+        return 0, 1
     return jax.process_index(), jax.process_count()
 
 
@@ -135,8 +139,12 @@ def host_cores() -> int:
         return os.cpu_count() or 1
 
 
+_SET_HERE: list[int] = []  # the count `use_host_cores` set in this process (not a user's choice)
+
+
 def _user_set_cpu_devices() -> bool:
-    return jax.config.jax_num_cpu_devices != -1 or "xla_force_host_platform_device_count" in os.environ.get(
+    chosen = jax.config.jax_num_cpu_devices
+    return (chosen != -1 and chosen not in _SET_HERE) or "xla_force_host_platform_device_count" in os.environ.get(
         "XLA_FLAGS", "")
 
 
@@ -161,15 +169,16 @@ def use_host_cores(num_devices: int | None = None) -> int | None:
 
     if num_devices is not None and (not isinstance(num_devices, int) or num_devices < 1):
         raise ValueError(f"num_devices must be a positive integer, got {num_devices!r}")
+    if _user_set_cpu_devices():
+        return None
     if xla_bridge.backends_are_initialized():
         if num_devices is None or num_devices == len(jax.devices("cpu")):
             return None
         raise RuntimeError(f"use_host_cores({num_devices}) must be called before the first JAX operation: JAX "
                            f"already started with {len(jax.devices('cpu'))} CPU device(s)")
-    if _user_set_cpu_devices():
-        return None
     num_devices = host_cores() if num_devices is None else num_devices
     jax.config.update("jax_num_cpu_devices", num_devices)
+    _SET_HERE.append(num_devices)
     return num_devices
 
 

@@ -300,9 +300,10 @@ def sample(
         solver, num_steps, rtol, atol, ts, save_trajectory: as in `integrate` (a grid `ts` should run from 0 to 1).
         cond, guidance_scale, null_cond: conditioning (leading axis num_samples) and classifier-free guidance,
             as in `model_vector_field`; pass guidance_scale as an array to change it without recompiling.
-        sharding: where the source draws go before the solve, e.g. `NamedSharding(mesh, P("data"))` to split the
-            samples over a mesh's data axis (params replicated on it or uncommitted): the solve then runs
-            data-parallel, with the same draws and the same samples up to float round-off. None: one device.
+        sharding: where the source draws (and `cond`) go before the solve, e.g. `NamedSharding(mesh, P("data"))`
+            to split the samples over a mesh's data axis (num_samples divisible by its size; params replicated on
+            it or uncommitted): the solve then runs data-parallel, with the same draws and the same samples up to
+            float round-off. None: one device.
     Returns:
         `SampleResult(samples (n, *d), state, nfe, trajectory, ts)`.
 
@@ -312,12 +313,24 @@ def sample(
     if num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples}")
     z0 = _place(_draw_source(key, path, num_samples, tuple(data_shape)), sharding)
+    cond = _place(cond, sharding)
     return sample_from(path, apply, params, z0, solver=solver, num_steps=num_steps, rtol=rtol, atol=atol, ts=ts,
                        save_trajectory=save_trajectory, cond=cond, guidance_scale=guidance_scale, null_cond=null_cond)
 
 
 def _place(z0, sharding):
-    return z0 if sharding is None else jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), z0)
+    """Batched leaves (leading axis n) onto `sharding`, with a clear error where n does not split."""
+    if sharding is None or z0 is None:
+        return z0
+
+    def put(x):
+        try:
+            sharding.shard_shape(x.shape)
+        except ValueError as err:
+            raise ValueError(f"sharding: {x.shape[0]} samples cannot be split over {sharding} ({err})") from None
+        return jax.device_put(x, sharding)
+
+    return jax.tree_util.tree_map(put, z0)
 
 
 @eqx.filter_jit
@@ -403,6 +416,7 @@ def sample_edm(
     if num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps}")
     x0 = _place(_draw_source(key, path, num_samples, tuple(data_shape)), sharding)
+    cond = _place(cond, sharding)
     return _sample_edm(path, apply, params, x0, sigma_min, sigma_max, rho, cond, guidance_scale, null_cond,
                        num_steps=num_steps)
 

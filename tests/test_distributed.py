@@ -80,6 +80,7 @@ def test_one_device_equals_eight_devices_jit_and_pmap():
     # fj.sample(..., sharding=) over the 8 devices: the same samples, solved on the mesh.
     for name in ("euler", "dopri5"):
         assert out[f"sample_{name}"] < 1e-5 and out[f"sample_{name}_devices"] == 8, out
+    assert "60 samples cannot be split" in out["sample_indivisible_error"], out["sample_indivisible_error"]
 
 
 @pytest.mark.distributed
@@ -237,7 +238,7 @@ _HOST_CORES_SCRIPT = """
 import json, jax, pytest
 from fm_jax import distributed as fd
 out = {"set": fd.use_host_cores(3)}
-out["devices"] = jax.device_count()
+out["devices"] = len(jax.devices("cpu"))
 out["again"] = [fd.use_host_cores(3), fd.use_host_cores()]  # started with 3 already: nothing to change
 with pytest.raises(RuntimeError, match="before the first JAX operation"):
     fd.use_host_cores(2)
@@ -257,7 +258,7 @@ def test_use_host_cores_splits_the_cpu_before_start_up_and_keeps_a_users_count()
     assert run() == {"set": 3, "devices": 3, "again": [None, None]}
     # XLA_FLAGS chose 2 devices: kept (the explicit 3 is not applied, and the later calls see 2 devices).
     kept = subprocess.run([sys.executable, "-c", "import jax; from fm_jax import distributed as fd; "
-                           "print(fd.use_host_cores(3), fd.use_host_cores(), jax.device_count())"],
+                           "print(fd.use_host_cores(3), fd.use_host_cores(), len(jax.devices('cpu')))"],
                           env=_env(devices=2), capture_output=True, text=True, timeout=300)
     assert kept.returncode == 0 and kept.stdout.split() == ["None", "None", "2"], kept.stderr[-3000:]
 

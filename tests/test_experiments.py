@@ -296,7 +296,8 @@ def test_image_training_smoke_writes_mnist_fid_and_grid(tmp_path):
         f"row = train_and_evaluate(config, {str(tmp_path / 'run2')!r}, progress=False)[-1]",
         "print(json.dumps({'devices': jax.device_count(), 'loss': row['loss'], 'fid': row['mnist_fid']}))"])
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "PYTHONPATH": ROOT})
+                         env={**{k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")},
+                              "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"})
     assert out.returncode == 0, out.stderr[-3000:]
     two = json.loads(out.stdout.splitlines()[-1])
     assert two["devices"] == 2

@@ -105,8 +105,7 @@ def main() -> None:
         state, m = pstep(state, fd.split_for_pmap(b), path)
         float(m["loss"][0])
     out["pmap_plain_loss_params"] = max_diff(fd.unreplicate(jax.device_get(state)).params, plain_ref.params)
-    # Sampling data-parallel (`sharding=`): the same source draws, the same samples. XLA splits the solve's
-    # batch over the mesh and gathers the samples at the end (the result is replicated on the mesh).
+    # Sampling data-parallel (`sharding=`): the same source draws, the same samples, computed on the mesh.
     from jax.sharding import NamedSharding, PartitionSpec
 
     sharding = NamedSharding(fd.make_mesh(), PartitionSpec(fd.DATA_AXIS))
@@ -118,6 +117,11 @@ def main() -> None:
                           sharding=sharding)
         out[f"sample_{name}"] = max_diff(split.samples, plain.samples)
         out[f"sample_{name}_devices"] = len(split.samples.sharding.device_set)  # solved on the mesh (1 without)
+    try:  # 60 samples do not split over 8 devices: a ValueError that says so
+        fj.sample(jax.random.key(3), path, apply, ref.params, 60, shape, num_steps=2, sharding=sharding)
+        out["sample_indivisible_error"] = ""
+    except ValueError as err:
+        out["sample_indivisible_error"] = str(err)
     out["param_scale"] = max_diff(ref.params, jax.tree_util.tree_map(jnp.zeros_like, ref.params))
     out["param_change"] = max_diff(ref.params, params)
     print(json.dumps(out))
