@@ -152,8 +152,8 @@ def use_host_cores(num_devices: int | None = None) -> int | None:
     """Split the CPU backend into `num_devices` XLA devices (default: one per core, `host_cores()`), so that a
     data-parallel mesh (`make_mesh`, every trainer of this module) runs one shard of the batch on each core.
 
-    Why: XLA:CPU runs most of a training step's operations, convolutions included, on one thread (the MNIST U-Net
-    step is as fast pinned to one core as on two), so the other cores idle. As data-parallel devices they each
+    Why: XLA:CPU runs most of a training step's operations, convolutions included, on one thread (a stack of 3×3
+    convolutions runs as fast pinned to one core as on two), so the other cores idle. As data-parallel devices they each
     take a slice of the batch; XLA all-reduces the gradients. Same global batch and key → the same step up to
     float round-off (see the module docstring). On a GPU/TPU host only the unused CPU backend changes.
 
